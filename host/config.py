@@ -1,0 +1,376 @@
+"""Pipeline configs: loading (YAML, JSON, TOML), structure, and validation against the
+installed node types, with every error located (``nodes[1].params.sample_rate: ...``)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from nodehost.errors import ConfigError, Issue
+from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy
+
+if TYPE_CHECKING:
+    from nodehost.discovery import NodeType
+
+DEFAULT_CAPACITY = 16 * 1024 * 1024
+NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NodeConfig(_Strict):
+    id: str = Field(pattern=NODE_ID)
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    sandbox: SandboxPolicy | None = Field(
+        default=None, description="extra grants from the operator, merged with the manifest's"
+    )
+
+
+class Connection(_Strict):
+    from_: str = Field(alias="from", description='"node.port", or "node" for its only port')
+    to: str
+    capacity: int = Field(default=DEFAULT_CAPACITY, gt=0, description="bytes, a power of two")
+    backpressure: bool = Field(default=True, description="a full channel blocks the writer")
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not ENDPOINT.match(value):
+            raise PydanticCustomError(
+                "endpoint", '{value!r} is not "node" or "node.port"', {"value": value}
+            )
+        return value
+
+    @field_validator("capacity")
+    @classmethod
+    def _power_of_two(cls, capacity: int) -> int:
+        if capacity & (capacity - 1):
+            lower = 1 << (capacity.bit_length() - 1)
+            raise PydanticCustomError(
+                "power_of_two",
+                "{capacity} is not a power of two (try {lower} or {upper})",
+                {"capacity": capacity, "lower": lower, "upper": lower * 2},
+            )
+        return capacity
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.-]+$")
+    max_processes: int | None = Field(default=None, gt=0)
+    init_timeout_s: float = Field(default=300.0, gt=0)
+    nodes: list[NodeConfig] = Field(min_length=1)
+    connections: list[Connection] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    """``("nodes", 2, "params", "x")`` → ``nodes[2].params.x``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def pydantic_issues(exc: ValidationError, prefix: str = "") -> list[Issue]:
+    issues = []
+    for err in exc.errors():
+        loc = format_loc(err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        issues.append(Issue(loc, err["msg"]))
+    return issues
+
+
+def load_document(path: str | Path) -> Any:
+    """Read a YAML, JSON or TOML file; any problem becomes a ConfigError naming the file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            Issue(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}"),
+            source=source,
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(Issue(where, f"invalid YAML: {problem}"), source=source) from None
+
+
+def parse_config(data: Any, *, source: str | None = None) -> PipelineConfig:
+    """Structure-check a config document (no node types needed)."""
+    if isinstance(data, PipelineConfig):
+        return data
+    if not isinstance(data, Mapping):
+        kind = type(data).__name__ if data is not None else "an empty document"
+        raise ConfigError(f"a pipeline config must be a mapping, got {kind}", source=source)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_issues(exc), source=source) from None
+
+
+def load_config(config: str | Path | Mapping[str, Any] | PipelineConfig) -> PipelineConfig:
+    if isinstance(config, PipelineConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config)
+    return parse_config(load_document(config), source=str(config))
+
+
+# --------------------------------------------------------------------------- validation
+
+@dataclass(frozen=True)
+class Endpoint:
+    node: str
+    port: str
+
+    def __str__(self) -> str:
+        return f"{self.node}.{self.port}"
+
+
+@dataclass(frozen=True)
+class ResolvedConnection:
+    index: int
+    source: Endpoint
+    target: Endpoint
+    capacity: int
+    backpressure: bool
+
+
+@dataclass(frozen=True)
+class ResolvedNode:
+    index: int
+    config: NodeConfig
+    node_type: NodeType
+    params: BaseModel
+    sandbox: SandboxPolicy
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def manifest(self) -> NodeManifest:
+        return self.node_type.manifest
+
+
+@dataclass(frozen=True)
+class ValidatedPipeline:
+    """A config checked against the installed node types: ready to plan a session from."""
+
+    config: PipelineConfig
+    nodes: dict[str, ResolvedNode]
+    connections: list[ResolvedConnection]
+    order: list[str]  # topological: sources first
+
+
+def _closest(name: str, known: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
+
+
+def _resolve_port(
+    endpoint: str, loc: str, nodes: Mapping[str, ResolvedNode], direction: str,
+    issues: list[Issue],
+) -> Endpoint | None:
+    match = ENDPOINT.match(endpoint)
+    assert match is not None  # checked by Connection
+    node_id, port = match.group(1), match.group(2)
+    node = nodes.get(node_id)
+    if node is None:
+        issues.append(Issue(loc, f"unknown node {node_id!r}{_closest(node_id, nodes)}"))
+        return None
+    ports = node.manifest.outputs if direction == "from" else node.manifest.inputs
+    kind = "output" if direction == "from" else "input"
+    if port is None:
+        if len(ports) != 1:
+            names = ", ".join(sorted(ports)) or "none"
+            issues.append(Issue(loc, f"node {node_id!r} ({node.manifest.node_type}) has "
+                                     f"{len(ports)} {kind} ports ({names}); name one as "
+                                     f"'{node_id}.<port>'"))
+            return None
+        port = next(iter(ports))
+    elif port not in ports:
+        names = ", ".join(sorted(ports)) or "none"
+        issues.append(Issue(loc, f"node {node_id!r} ({node.manifest.node_type}) has no {kind} "
+                                 f"port {port!r} (its {kind} ports: {names})"))
+        return None
+    return Endpoint(node_id, port)
+
+
+def output_rates(node: ResolvedNode, port: PortSpec) -> list[int] | None:
+    if port.sample_rate_from_param is not None:
+        value = getattr(node.params, port.sample_rate_from_param, None)
+        return [int(value)] if value is not None else None
+    return port.sample_rate
+
+
+def _compatibility(
+    src: ResolvedNode, src_port: PortSpec, dst: ResolvedNode, dst_port: PortSpec,
+    src_ep: Endpoint, dst_ep: Endpoint,
+) -> str | None:
+    ends = (f"{src_ep} ({src.manifest.node_type}) → {dst_ep} ({dst.manifest.node_type})")
+    if src_port.data_type != dst_port.data_type:
+        return (f"{ends}: {src_port.data_type.value} cannot flow into a "
+                f"{dst_port.data_type.value} port")
+    checks: list[tuple[str, list[Any] | None, list[Any] | None, str]] = [
+        ("sample rate", output_rates(src, src_port), dst_port.sample_rate,
+         "insert a Resample node between them"),
+        ("channel count", src_port.channels, dst_port.channels, "insert a channel mixer"),
+        ("sample format", src_port.sample_format, dst_port.sample_format,
+         "convert the samples between them"),
+        ("pixel format", src_port.format, dst_port.format, "insert a pixel-format converter"),
+        ("dtype", src_port.dtype, dst_port.dtype, "cast the tensor between them"),
+        ("language", src_port.language, dst_port.language, "insert a translation node"),
+    ]
+    for what, produced, accepted, fix in checks:
+        if produced is None or accepted is None:
+            continue
+        if not set(produced) & set(accepted):
+            return (f"{ends}: {what} {_fmt(produced)} is not accepted by the input, "
+                    f"which takes {_fmt(accepted)}; {fix}")
+    return None
+
+
+def _fmt(values: list[Any]) -> str:
+    return str(values[0]) if len(values) == 1 else "one of " + ", ".join(map(str, values))
+
+
+def validate_pipeline(
+    config: PipelineConfig, node_types: Mapping[str, NodeType]
+) -> ValidatedPipeline:
+    """Check a structurally valid config against the installed node types.
+
+    Collects every problem before raising, so the user fixes a config in one pass.
+    """
+    issues: list[Issue] = []
+    nodes: dict[str, ResolvedNode] = {}
+    for index, node_cfg in enumerate(config.nodes):
+        loc = f"nodes[{index}]"
+        if node_cfg.id in nodes:
+            issues.append(Issue(f"{loc}.id", f"duplicate node id {node_cfg.id!r} (first used "
+                                             f"at nodes[{nodes[node_cfg.id].index}])"))
+            continue
+        node_type = node_types.get(node_cfg.type)
+        if node_type is None:
+            issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
+                                               f"{_closest(node_cfg.type, node_types)}; "
+                                               "`nodehost nodes` lists the installed ones"))
+            continue
+        manifest = node_type.manifest
+        try:
+            params = manifest.params_model.model_validate(node_cfg.params)
+        except ValidationError as exc:
+            issues.extend(pydantic_issues(exc, f"{loc}.params"))
+            continue
+        nodes[node_cfg.id] = ResolvedNode(
+            index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
+        )
+
+    if config.max_processes is not None and len(config.nodes) > config.max_processes:
+        issues.append(Issue("max_processes", f"the pipeline has {len(config.nodes)} nodes, each "
+                                             f"its own process, but max_processes is "
+                                             f"{config.max_processes}"))
+
+    connections: list[ResolvedConnection] = []
+    seen_inputs: dict[Endpoint, int] = {}
+    for index, conn in enumerate(config.connections):
+        loc = f"connections[{index}]"
+        src = _resolve_port(conn.from_, f"{loc}.from", nodes, "from", issues)
+        dst = _resolve_port(conn.to, f"{loc}.to", nodes, "to", issues)
+        if src is None or dst is None:
+            continue
+        if src.node == dst.node:
+            issues.append(Issue(loc, f"node {src.node!r} is wired to itself ({src} → {dst}); "
+                                     "a node cannot publish and subscribe the same channel"))
+            continue
+        if dst in seen_inputs:
+            issues.append(Issue(f"{loc}.to", f"input {dst} is already fed by "
+                                             f"connections[{seen_inputs[dst]}]; an input port "
+                                             "takes one connection (merge upstream)"))
+            continue
+        seen_inputs[dst] = index
+        src_node, dst_node = nodes[src.node], nodes[dst.node]
+        problem = _compatibility(
+            src_node, src_node.manifest.outputs[src.port],
+            dst_node, dst_node.manifest.inputs[dst.port], src, dst,
+        )
+        if problem:
+            issues.append(Issue(loc, problem))
+            continue
+        connections.append(
+            ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
+        )
+
+    if len(nodes) == len(config.nodes) and not issues:
+        for node in nodes.values():
+            for port in node.manifest.inputs:
+                if Endpoint(node.id, port) not in seen_inputs:
+                    issues.append(Issue(f"nodes[{node.index}]", f"input port {node.id}.{port} "
+                                                                "is not connected"))
+    order = _topological_order(nodes, connections, issues)
+    if issues:
+        raise ConfigError(issues)
+    return ValidatedPipeline(config, nodes, connections, order)
+
+
+def _topological_order(
+    nodes: Mapping[str, ResolvedNode], connections: list[ResolvedConnection],
+    issues: list[Issue],
+) -> list[str]:
+    downstream: dict[str, list[str]] = {node_id: [] for node_id in nodes}
+    indegree = dict.fromkeys(nodes, 0)
+    for conn in connections:
+        downstream[conn.source.node].append(conn.target.node)
+        indegree[conn.target.node] += 1
+    ready = [n for n in nodes if indegree[n] == 0]
+    order: list[str] = []
+    while ready:
+        node_id = ready.pop(0)
+        order.append(node_id)
+        for nxt in downstream[node_id]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                ready.append(nxt)
+    if len(order) < len(nodes):
+        cyclic = sorted(n for n in nodes if n not in order)
+        issues.append(Issue("connections", f"the connections form a cycle through "
+                                           f"{', '.join(cyclic)}; pipelines must be acyclic"))
+    return order
+

@@ -1,0 +1,259 @@
+"""Plugin discovery: entry points → pluggy plugins → node types.
+
+Each entry point of group ``nodehost`` is loaded, registered and asked for its manifests on
+its own, so that one broken plugin is recorded with its distribution and reason while every
+other plugin still loads. The host only reads manifests: a node's ``entrypoint`` is imported
+in the node's own process, never here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pluggy
+import yaml
+from pydantic import ValidationError
+
+from nodehost import hookspecs
+from nodehost.config import pydantic_issues
+from nodehost.errors import DiscoveryError
+from nodehost.manifest import NodeManifest
+
+ENTRY_POINT_GROUP = "nodehost"
+DISABLE_ENV = "NODEHOST_DISABLE_PLUGINS"  # comma-separated distribution or entry-point names
+NO_AUTOLOAD_ENV = "NODEHOST_DISABLE_PLUGIN_AUTOLOAD"  # any non-empty value: skip entry points
+HOOK_TIMEOUT_S = 10.0
+
+log = logging.getLogger("nodehost.discovery")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A node type as discovered: its manifest and where it came from."""
+
+    manifest: NodeManifest
+    plugin: str  # distribution name, or the name an in-process plugin was registered under
+    plugin_version: str
+    source: str  # manifest file, or "<dict>" / "<object>"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.node_type
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    plugin: str
+    reason: str
+    entry_point: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.plugin}: {self.reason}"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str
+    entry_point: str
+    hooks: list[str] = field(default_factory=list)
+    node_types: list[str] = field(default_factory=list)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:
+    """Run plugin code in a daemon thread so that a hanging plugin cannot hang the host."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported as the plugin's failure
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="nodehost-plugin-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _Timeout(f"did not return within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    value: T = box["value"]
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
+
+
+def _read_manifest_file(item: str | Path | Traversable) -> Any:
+    text = item.read_text(encoding="utf-8")
+    name = item.name if hasattr(item, "name") else str(item)
+    if str(name).endswith(".json"):
+        return json.loads(text)
+    return yaml.safe_load(text)
+
+
+def _as_manifest(item: Any) -> tuple[NodeManifest, str]:
+    if isinstance(item, NodeManifest):
+        return item, "<object>"
+    if isinstance(item, Mapping):
+        return NodeManifest.model_validate(dict(item)), "<dict>"
+    if isinstance(item, str | Path | Traversable):
+        source = str(item)
+        data = _read_manifest_file(item)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source} does not hold a mapping")
+        return NodeManifest.model_validate(dict(data)), source
+    raise TypeError(f"expected a NodeManifest, a dict or a manifest path, got "
+                    f"{type(item).__name__}")
+
+
+def _disabled_names() -> set[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return {_norm(name) for name in raw.split(",") if name.strip()}
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+class Registry:
+    """The installed node types and plugins, and the failures met while discovering them."""
+
+    def __init__(self) -> None:
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self.node_types: dict[str, NodeType] = {}
+        self.plugins: dict[str, PluginInfo] = {}
+        self.failures: list[PluginFailure] = []
+
+    # -- loading -------------------------------------------------------------------------
+    def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
+        skip = _disabled_names() | {_norm(n) for n in disabled}
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(eps, key=lambda e: ((e.dist.name if e.dist else ""), e.name)):
+            dist_name = ep.dist.name if ep.dist else ep.name
+            version = ep.dist.version if ep.dist else "?"
+            if _norm(dist_name) in skip or _norm(ep.name) in skip:
+                log.debug("plugin %s disabled by %s", dist_name, DISABLE_ENV)
+                continue
+            try:
+                plugin = _call_with_timeout(ep.load, HOOK_TIMEOUT_S)
+            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything
+                self._fail(dist_name, f"import of {ep.value!r} failed: {_describe(exc)}", ep.name)
+                continue
+            self.add_plugin(plugin, dist_name, version, ep.name)
+
+    def add_plugin(self, plugin: object, name: str, version: str = "?",
+                   entry_point: str = "") -> None:
+        """Register one plugin object and take its node types. Failures are recorded."""
+        pm = self.plugin_manager
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - pluggy validation, duplicate names...
+            self._fail(name, f"invalid plugin: {_describe(exc)}", entry_point)
+            return
+        callers = pm.get_hookcallers(plugin) or []
+        unknown = [hc.name for hc in callers if not hc.has_spec()]
+        if unknown:
+            pm.unregister(plugin)
+            self._fail(name, f"implements unknown hook(s) {', '.join(unknown)}; known hooks: "
+                             "nodehost_node_manifests, nodehost_session_event", entry_point)
+            return
+        info = PluginInfo(name, version, entry_point, sorted(hc.name for hc in callers))
+        self.plugins[name] = info
+        for impl in pm.hook.nodehost_node_manifests.get_hookimpls():
+            if impl.plugin is plugin:
+                self._take_manifests(info, impl.function)
+
+    def _take_manifests(self, info: PluginInfo, hook: Callable[[], Any]) -> None:
+        try:
+            items = _call_with_timeout(hook, HOOK_TIMEOUT_S)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(info.name, f"nodehost_node_manifests() failed: {_describe(exc)}",
+                       info.entry_point)
+            return
+        if items is None:
+            items = []
+        if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+            self._fail(info.name, "nodehost_node_manifests() must return a list, got "
+                                  f"{type(items).__name__}", info.entry_point)
+            return
+        for position, item in enumerate(items):
+            try:
+                manifest, source = _as_manifest(item)
+            except ValidationError as exc:
+                where = item if isinstance(item, str | Path) else f"manifest #{position}"
+                problems = "; ".join(str(i) for i in pydantic_issues(exc))
+                self._fail(info.name, f"invalid manifest {where}: {problems}", info.entry_point)
+                continue
+            except Exception as exc:  # noqa: BLE001 - unreadable file, bad YAML, wrong type
+                self._fail(info.name, f"invalid manifest #{position}: {_describe(exc)}",
+                           info.entry_point)
+                continue
+            existing = self.node_types.get(manifest.node_type)
+            if existing is not None:
+                self._fail(info.name, f"node type {manifest.node_type!r} is already provided "
+                                      f"by {existing.plugin}; ignored", info.entry_point)
+                continue
+            self.node_types[manifest.node_type] = NodeType(
+                manifest, info.name, info.version, source
+            )
+            info.node_types.append(manifest.node_type)
+
+    def _fail(self, plugin: str, reason: str, entry_point: str = "") -> None:
+        log.warning("plugin %s: %s", plugin, reason)
+        self.failures.append(PluginFailure(plugin, reason, entry_point))
+
+    # -- use -----------------------------------------------------------------------------
+    def get(self, node_type: str) -> NodeType:
+        try:
+            return self.node_types[node_type]
+        except KeyError:
+            close = difflib.get_close_matches(node_type, list(self.node_types), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise DiscoveryError(f"unknown node type {node_type!r}{hint}; "
+                                 "`nodehost nodes` lists the installed ones") from None
+
+    def notify(self, event: Mapping[str, Any]) -> None:
+        """Deliver a session event to every plugin; a failing plugin is logged and skipped."""
+        for impl in self.plugin_manager.hook.nodehost_session_event.get_hookimpls():
+            try:
+                impl.function(event=dict(event))
+            except Exception as exc:  # noqa: BLE001 - a plugin never breaks the host
+                log.warning("plugin %s: nodehost_session_event failed: %s",
+                            impl.plugin_name, _describe(exc))
+
+
+def discover(*, plugins: Iterable[object] = (), disabled: Iterable[str] = (),
+             entry_points: bool | None = None) -> Registry:
+    """Find every installed node type.
+
+    ``plugins`` are extra in-process plugin objects (embedding, tests); ``entry_points``
+    defaults to True unless ``NODEHOST_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    """
+    registry = Registry()
+    if entry_points is None:
+        entry_points = not os.environ.get(NO_AUTOLOAD_ENV)
+    if entry_points:
+        registry.load_entry_points(disabled)
+    for index, plugin in enumerate(plugins):
+        name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
+        registry.add_plugin(plugin, str(name))
+    return registry

@@ -1,0 +1,236 @@
+"""Node manifests: what a node type is, what it accepts and emits, what it may do.
+
+A manifest's ``params`` map is a small JSON-Schema-like spec; ``params_model()`` turns it into
+a pydantic model, which validates pipeline configs in the host and builds ``self.params`` in
+the node's process.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENTRYPOINT = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$"
+
+
+class DataType(StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+    TEXT = "text"
+    TENSOR = "tensor"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_list(value: Any) -> Any:
+    """Let a constraint be written as one value or a list of accepted values."""
+    if value is None or isinstance(value, list):
+        return value
+    return [value]
+
+
+class PortSpec(_Strict):
+    """One input or output port. Constraints left out accept anything."""
+
+    data_type: DataType
+    description: str = ""
+    sample_rate: list[int] | None = Field(default=None, description="accepted audio rates (Hz)")
+    channels: list[int] | None = Field(default=None, description="accepted channel counts")
+    sample_format: list[Literal["f32", "s16"]] | None = None
+    format: list[str] | None = Field(default=None, description="video pixel formats")
+    dtype: list[str] | None = Field(default=None, description="tensor dtypes")
+    language: list[str] | None = Field(default=None, description="text languages")
+    sample_rate_from_param: str | None = Field(
+        default=None, description="output ports: the rate is the value of this param"
+    )
+
+    _normalize = field_validator(
+        "sample_rate", "channels", "sample_format", "format", "dtype", "language", mode="before"
+    )(_as_list)
+
+    @field_validator("sample_rate", "channels")
+    @classmethod
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(v <= 0 for v in values):
+            raise PydanticCustomError("positive", "every value must be greater than 0")
+        return values
+
+
+ParamType = Literal["number", "integer", "string", "boolean", "array", "object"]
+_PY_TYPES: dict[str, Any] = {
+    "number": float,
+    "integer": int,
+    "string": str,
+    "boolean": bool,
+    "array": list[Any],
+    "object": dict[str, Any],
+}
+
+
+class ParamSpec(_Strict):
+    """One parameter of a node type."""
+
+    type: ParamType
+    description: str = ""
+    default: Any = None
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise PydanticCustomError("range", "minimum is greater than maximum")
+        if self.required and "default" in self.model_fields_set:
+            raise PydanticCustomError("required", "a required param cannot have a default")
+        return self
+
+    @property
+    def has_default(self) -> bool:
+        return "default" in self.model_fields_set
+
+
+class Resources(_Strict):
+    memory_mb: int | None = Field(default=None, gt=0, description="hard memory limit (MiB)")
+
+
+class SandboxPolicy(_Strict):
+    """What a node may do; everything else is denied."""
+
+    network: bool = False
+    fs_read: list[str] = Field(default_factory=list)
+    fs_write: list[str] = Field(default_factory=list)
+
+    @field_validator("fs_read", "fs_write")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise PydanticCustomError(
+                    "absolute_path", "sandbox paths must be absolute: {path!r}", {"path": path}
+                )
+        return paths
+
+    def merged(self, grant: SandboxPolicy | None) -> SandboxPolicy:
+        """The policy plus what the operator granted in the pipeline config."""
+        if grant is None:
+            return self
+        return SandboxPolicy(
+            network=self.network or grant.network,
+            fs_read=sorted({*self.fs_read, *grant.fs_read}),
+            fs_write=sorted({*self.fs_write, *grant.fs_write}),
+        )
+
+
+class RuntimeSpec(_Strict):
+    """A node's own Python environment, built and cached by the host."""
+
+    python: str = Field(pattern=r"^3\.\d+$")
+    requirements: list[str] = Field(default_factory=list)
+
+
+class NodeManifest(_Strict):
+    node_type: str = Field(pattern=IDENTIFIER)
+    version: str
+    description: str = ""
+    entrypoint: str = Field(pattern=ENTRYPOINT, description='"package.module:Class"')
+    inputs: dict[str, PortSpec] = Field(default_factory=dict)
+    outputs: dict[str, PortSpec] = Field(default_factory=dict)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
+    runtime: RuntimeSpec | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, version: str) -> str:
+        if not SEMVER.match(version):
+            raise PydanticCustomError(
+                "semver", "{version!r} is not a semantic version (e.g. 1.0.0)", {"version": version}
+            )
+        return version
+
+    @field_validator("inputs", "outputs", "params")
+    @classmethod
+    def _port_names(cls, ports: dict[str, Any]) -> dict[str, Any]:
+        for name in ports:
+            if not re.match(IDENTIFIER, name):
+                raise PydanticCustomError(
+                    "name", "{name!r} is not a valid name (letters, digits, _)", {"name": name}
+                )
+        return ports
+
+    @model_validator(mode="after")
+    def _derived_rates(self) -> NodeManifest:
+        for port_name, port in self.outputs.items():
+            ref = port.sample_rate_from_param
+            if ref is not None and ref not in self.params:
+                raise PydanticCustomError(
+                    "unknown_param",
+                    "outputs.{port}.sample_rate_from_param names unknown param {ref!r}",
+                    {"port": port_name, "ref": ref},
+                )
+        for port_name, port in self.inputs.items():
+            if port.sample_rate_from_param is not None:
+                raise PydanticCustomError(
+                    "input_derived",
+                    "inputs.{port}: sample_rate_from_param is only meaningful on outputs",
+                    {"port": port_name},
+                )
+        return self
+
+    @property
+    def is_source(self) -> bool:
+        return not self.inputs
+
+    @property
+    def is_sink(self) -> bool:
+        return not self.outputs
+
+    @cached_property
+    def params_model(self) -> type[BaseModel]:
+        """A pydantic model of this node type's params; unknown params are errors."""
+        fields: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            annotation: Any = _PY_TYPES[spec.type]
+            if spec.enum is not None:
+                annotation = Literal[tuple(spec.enum)]
+            constraints: dict[str, Any] = {"description": spec.description or None}
+            if spec.minimum is not None:
+                constraints["ge"] = spec.minimum
+            if spec.maximum is not None:
+                constraints["le"] = spec.maximum
+            if spec.required or not spec.has_default:
+                default: Any = ...
+            else:
+                default = spec.default
+            # ``None`` as a declared default makes the param optional.
+            if spec.has_default and spec.default is None:
+                annotation = annotation | None
+            fields[name] = (annotation, Field(default, **constraints))
+        model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            f"{self.node_type}Params",
+            __config__=ConfigDict(extra="forbid", strict=False, frozen=True),
+            **fields,
+        )
+        return model
