@@ -1,0 +1,193 @@
+"""The ``nodehost`` command line. Exit codes: 0 success, 1 session failed, 2 bad input/usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nodehost.errors import ConfigError, NodehostError
+
+if TYPE_CHECKING:
+    from nodehost.discovery import NodeType, Registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SCHEMA_FILES = {"manifest": "node-manifest.schema.json", "pipeline": "pipeline.schema.json"}
+
+
+def _registry() -> Registry:
+    from nodehost.discovery import discover
+
+    return discover()
+
+
+def _ports(ports: dict[str, Any]) -> str:
+    return ", ".join(f"{name}:{spec.data_type.value}" for name, spec in ports.items()) or "-"
+
+
+def _node_summary(node_type: NodeType) -> dict[str, Any]:
+    m = node_type.manifest
+    return {
+        "node_type": m.node_type,
+        "version": m.version,
+        "plugin": node_type.plugin,
+        "plugin_version": node_type.plugin_version,
+        "description": m.description,
+        "inputs": {k: v.data_type.value for k, v in m.inputs.items()},
+        "outputs": {k: v.data_type.value for k, v in m.outputs.items()},
+        "runtime": m.runtime.model_dump() if m.runtime else None,
+    }
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    registry = _registry()
+    types = sorted(registry.node_types.values(), key=lambda t: t.name)
+    if args.json:
+        print(json.dumps({
+            "nodes": [_node_summary(t) for t in types],
+            "plugins": [vars(p) for p in registry.plugins.values()],
+            "failures": [{"plugin": f.plugin, "entry_point": f.entry_point, "reason": f.reason}
+                         for f in registry.failures],
+        }, indent=2))
+        return EXIT_OK
+    if not types:
+        print("No node types installed. Install a plugin, e.g. "
+              "`pip install -e plugins/nodehost-audio`.")
+    rows = [("TYPE", "VERSION", "PLUGIN", "INPUTS", "OUTPUTS")]
+    rows += [(t.name, t.manifest.version, t.plugin, _ports(t.manifest.inputs),
+              _ports(t.manifest.outputs)) for t in types]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if types:
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if registry.failures:
+        print(f"\n{len(registry.failures)} plugin problem(s):")
+        for failure in registry.failures:
+            print(f"  {failure.plugin}: {failure.reason}")
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    registry = _registry()
+    node_type = registry.get(args.type)
+    data = node_type.manifest.model_dump(mode="json", exclude_none=True)
+    if args.json:
+        print(json.dumps({"plugin": node_type.plugin, "source": node_type.source,
+                          "manifest": data}, indent=2))
+        return EXIT_OK
+    import yaml
+
+    print(f"# {node_type.name} from {node_type.plugin} {node_type.plugin_version} "
+          f"({node_type.source})")
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None).rstrip())
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nodehost.config import load_config, validate_pipeline
+
+    config = load_config(args.config)
+    registry = _registry()
+    pipeline = validate_pipeline(config, registry.node_types)
+    print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
+          f"{len(pipeline.connections)} connections")
+    return EXIT_OK
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    from nodehost.config import PipelineConfig
+    from nodehost.manifest import NodeManifest
+
+    return {
+        "manifest": NodeManifest.model_json_schema(),
+        "pipeline": PipelineConfig.model_json_schema(by_alias=True),
+    }
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    docs = schemas()
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for key, filename in SCHEMA_FILES.items():
+            (out / filename).write_text(json.dumps(docs[key], indent=2) + "\n")
+            print(f"wrote {out / filename}")
+        return EXIT_OK
+    print(json.dumps(docs, indent=2))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nodehost.runview import run_pipeline
+
+    return run_pipeline(args.config, events=args.events)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nodehost import bench
+
+    return bench.main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodehost",
+        description="Run pipelines of Python nodes, each in its own sandboxed process, linked "
+                    "by zero-copy shared memory.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("nodes", help="list installed node types and plugin problems")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("inspect", help="show one node type's manifest in full")
+    p.add_argument("type", help="node type, e.g. Gain")
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("validate", help="check a pipeline config (exit 0 valid, 2 invalid)")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run one session of a pipeline config")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--events", choices=["json", "log", "live"], default=None,
+                   help="json: one JSON event per line on stdout; log: plain lines; live: "
+                        "terminal view (default when stdout is a terminal)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="data-plane benchmark against baselines",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
+                                      "pipeline configs")
+    p.add_argument("--write", metavar="DIR", help="write one file per schema into DIR")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NodehostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

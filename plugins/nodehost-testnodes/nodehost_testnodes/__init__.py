@@ -1,0 +1,1 @@
+"""Node types that exercise nodehost: probes, fault injection, hostile nodes."""

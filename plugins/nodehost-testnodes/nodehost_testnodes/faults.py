@@ -1,0 +1,50 @@
+"""Fault injection: a pass-through node that fails in a chosen way."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+import nodehost
+from nodehost import RuntimeData
+
+if "--import-error" in os.environ.get("NODEHOST_TEST_FAULTS", ""):
+    raise ImportError("injected import failure")
+
+
+class Faulty(nodehost.Node):
+    def initialize(self) -> None:
+        self.seen = 0
+        mode = self.params.mode
+        if mode == "init_exception":
+            raise RuntimeError("injected failure in initialize")
+        if mode == "hang_init":
+            while True:
+                time.sleep(3600)
+        if mode == "import_error":
+            raise ImportError("No module named 'injected_missing_dependency'")
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        if self.seen >= self.params.after:
+            self.fail()
+        self.seen += 1
+        return data
+
+    def fail(self) -> None:
+        mode = self.params.mode
+        if mode == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif mode == "sigsegv":
+            ctypes.string_at(0)  # a real segmentation fault, not a raised signal
+        elif mode == "exit":
+            sys.stdout.flush()
+            os._exit(3)
+        elif mode == "process_exception":
+            raise ValueError(f"injected failure after {self.seen} messages")
+        elif mode == "memory":
+            hog = []
+            while True:  # grows until the memory limit stops it
+                hog.append(bytearray(64 * 1024 * 1024))

@@ -1,0 +1,110 @@
+"""Probe nodes: a numbered source, a pass-through, and a sink that checks what arrives."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+import nodehost
+from nodehost import RuntimeData
+
+HEADER = 16  # payload starts with two little-endian uint64: sequence number and seed
+
+
+def fill_value(seq: int, seed: int) -> int:
+    return (seq * 7 + seed) & 0xFF
+
+
+def fill_probe(buf: np.ndarray, seq: int, seed: int) -> None:
+    buf[HEADER:] = fill_value(seq, seed)
+    buf[:HEADER] = np.array([seq, seed], dtype="<u8").view(np.uint8)
+
+
+class ProbeSource(nodehost.Node):
+    def generate(self) -> Iterator[RuntimeData]:
+        p = self.params
+        scratch = np.empty(p.payload_bytes, dtype=np.uint8)
+        for seq in range(p.count):
+            if p.zero_copy and self.can_loan:
+                with self.loan_tensor("out", (p.payload_bytes,), np.uint8) as buf:
+                    fill_probe(buf, seq, p.seed)
+            else:
+                fill_probe(scratch, seq, p.seed)
+                yield RuntimeData.tensor(scratch)
+            if p.interval_ms:
+                time.sleep(p.interval_ms / 1000)
+
+
+def busy_work(ms: float) -> None:
+    """CPU-bound work that holds the GIL (the case process-per-node exists for)."""
+    end = time.perf_counter() + ms / 1000
+    x = 0
+    while time.perf_counter() < end:
+        for i in range(200):
+            x += i * i
+
+
+class Forward(nodehost.Node):
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        if self.params.work_ms:
+            busy_work(self.params.work_ms)
+        return data
+
+
+class SlowInit(Forward):
+    def initialize(self) -> None:
+        steps = 10
+        for step in range(steps):
+            self.progress(step / steps, f"warming up {step + 1}/{steps}")
+            time.sleep(self.params.init_s / steps)
+        self.progress(1.0, "warm")
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        return data
+
+
+class ProbeSink(nodehost.Node):
+    def initialize(self) -> None:
+        self.count = 0
+        self.expected: dict[int, int] = {}  # seed -> next sequence number
+        self.in_order = True
+        self.intact = True
+        self.sizes: set[int] = set()
+
+    def process(self, data: RuntimeData, port: str) -> None:
+        buf = data.as_array().view(np.uint8).reshape(-1)
+        seq, seed = (int(v) for v in buf[:HEADER].view("<u8"))
+        if seq != self.expected.get(seed, 0):
+            self.in_order = False
+        self.expected[seed] = seq + 1
+        if buf.size > HEADER and not bool(np.all(buf[HEADER:] == fill_value(seq, seed))):
+            self.intact = False
+        self.sizes.add(int(buf.size))
+        self.count += 1
+        if self.params.delay_ms:
+            time.sleep(self.params.delay_ms / 1000)
+
+    def end_of_stream(self, port: str) -> None:
+        summary: dict[str, Any] = {
+            "count": self.count,
+            "in_order": self.in_order,
+            "intact": self.intact,
+            "seeds": {str(k): v for k, v in self.expected.items()},
+            "sizes": sorted(self.sizes),
+            "pid": os.getpid(),
+            "node_id": self.node_id,
+            "session_id": self.session_id,
+        }
+        with open(self.params.out_path, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh)
+
+
+class TextSink(nodehost.Node):
+    def process(self, data: RuntimeData, port: str) -> None:
+        with open(self.params.out_path, "a", encoding="utf-8") as fh:
+            fh.write(data.as_text() + "\n")
