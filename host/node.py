@@ -41,6 +41,7 @@ class Node:
         self.logger = logging.getLogger(f"nodehost.node.{node_id}")
         self._emit_fn = emit
         self._progress_fn = progress
+        self._loan_fn: Callable[..., Any] | None = None
 
     def initialize(self) -> Any:
         return None
@@ -62,6 +63,25 @@ class Node:
         if self._emit_fn is None:
             raise RuntimeError("emit() is only available while the node runs in a session")
         self._emit_fn(port, data)
+
+    @property
+    def can_loan(self) -> bool:
+        """True when outputs are shared-memory channels that can be filled in place."""
+        return self._loan_fn is not None
+
+    def loan_tensor(self, port: str | None, shape: tuple[int, ...], dtype: Any) -> Any:
+        """``with self.loan_tensor("out", shape, dtype) as array:`` fill ``array`` in place;
+        it is sent (zero-copy) when the block ends without an exception."""
+        if self._loan_fn is None:
+            raise RuntimeError("loan_tensor() is only available while the node runs in a session")
+        return self._loan_fn(port, "tensor", shape, dtype)
+
+    def loan_audio(self, port: str | None, frames: int, sample_rate: int, channels: int = 1,
+                   dtype: Any = "float32") -> Any:
+        """Like ``loan_tensor`` for audio: an array of ``frames`` × ``channels`` samples."""
+        if self._loan_fn is None:
+            raise RuntimeError("loan_audio() is only available while the node runs in a session")
+        return self._loan_fn(port, "audio", frames, sample_rate, channels, dtype)
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report initialization (or other long work) progress, 0.0 .. 1.0."""

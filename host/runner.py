@@ -1,0 +1,352 @@
+"""The node runner: the program that runs inside each node's own process.
+
+    python -m nodehost.runner --control-fd N
+
+Order matters and is the point of this module: die with the host, receive the launch spec,
+import what nodehost itself needs and open the shared-memory channels, *then* lock the
+process into its sandbox, and only then import the node's own code (which may be slow, crash
+or be hostile) and drive it: initialize → Ready → (start) → process/generate → end of stream →
+cleanup. Everything the host needs to know travels over the control socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nodehost import control
+from nodehost.plan import NodeLaunch
+
+EXIT_OK = 0
+EXIT_NODE_ERROR = 1
+EXIT_RUNNER_ERROR = 70
+STATUS_DEBOUNCE_S = 0.02  # Ready/Processing flips are reported at most ~50 times a second
+STATS_INTERVAL_S = 0.5
+_HOST_FILES = str(Path(__file__).resolve().parent)
+
+
+class Stopped(Exception):
+    """The host asked this node to stop (or went away)."""
+
+
+def node_traceback(exc: BaseException) -> str:
+    """The exception with the node's own frames only: the runner's frames are noise."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(_HOST_FILES)]
+    lines = traceback.format_list(frames) if frames else []
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip()
+
+
+def describe(exc: BaseException) -> str:
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return last
+
+
+class Runner:
+    def __init__(self, sock: socket.socket, launch: NodeLaunch) -> None:
+        self.sock = sock
+        self.launch = launch
+        self.status = "Idle"
+        self.status_since = time.monotonic()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.received = 0
+        self.sent = 0
+        self.latencies_us: list[float] = []
+        self.last_stats = 0.0
+        self.node: Any = None
+        self.started = False
+
+    # -- reporting -----------------------------------------------------------------------
+    def report(self, kind: str, **fields: Any) -> None:
+        control.send(self.sock, kind, **fields)
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        if status == self.status:
+            return
+        self.status = status
+        self.status_since = time.monotonic()
+        self.report("status", status=status, **fields)
+
+    def stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_stats < STATS_INTERVAL_S:
+            return
+        self.last_stats = now
+        lat = sorted(self.latencies_us)
+        self.latencies_us.clear()
+        self.report("stats", received=self.received, sent=self.sent,
+                    latency_p50_us=lat[len(lat) // 2] if lat else None)
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.report("progress", fraction=fraction, message=message)
+
+    # -- control -------------------------------------------------------------------------
+    def check_control(self, block: bool = False) -> None:
+        """Handle pending host messages; raise Stopped on stop or a vanished host."""
+        self.sock.setblocking(block)
+        try:
+            while True:
+                try:
+                    message = control.receive(self.sock)
+                except BlockingIOError:
+                    return
+                if message is None or message["t"] == "stop":
+                    raise Stopped()
+                if message["t"] == "start":
+                    self.started = True
+                    if block:
+                        return
+        finally:
+            self.sock.setblocking(True)
+
+    # -- calling node code ---------------------------------------------------------------
+    def resolve(self, value: Any) -> Any:
+        if inspect.isawaitable(value):
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            return self.loop.run_until_complete(value)  # type: ignore[arg-type]
+        return value
+
+    def iterate(self, value: Any) -> Iterator[Any]:
+        """Whatever a node returned, as a stream of RuntimeData."""
+        from nodehost.data import RuntimeData
+
+        value = self.resolve(value)
+        if value is None:
+            return
+        if isinstance(value, RuntimeData):
+            yield value
+        elif inspect.isasyncgen(value):
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            while True:
+                try:
+                    item = self.loop.run_until_complete(value.__anext__())
+                except StopAsyncIteration:
+                    return
+                if item is not None:
+                    yield item
+        else:
+            try:
+                items = iter(value)
+            except TypeError:
+                raise TypeError(f"{self.launch.node_type} returned {type(value).__name__}; "
+                                "expected RuntimeData, an iterable of them, or None") from None
+            for item in items:
+                if item is not None:
+                    yield self.resolve(item)
+
+
+def _load_node_class(entrypoint: str) -> type[Any]:
+    module_name, _, class_name = entrypoint.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        cls: type[Any] = getattr(module, class_name)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {class_name!r} "
+                          f"(manifest entrypoint {entrypoint!r})") from None
+    return cls
+
+
+def run_node(runner: Runner) -> int:
+    """Drive one node from launch to exit; returns the process exit code."""
+    from nodehost import sandbox
+    from nodehost.channels import DataPlane
+    from nodehost.manifest import NodeManifest
+
+    launch = runner.launch
+    try:
+        manifest = NodeManifest.model_validate(launch.manifest)
+        params = manifest.params_model.model_validate(launch.params)
+        plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
+        writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
+                                              backpressure=p.backpressure,
+                                              max_subscribers=max(p.subscribers, 1))
+                   for p in launch.outputs}
+        readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
+                                              backpressure=p.backpressure)
+                   for p in launch.inputs}
+        layers = sandbox.apply(sandbox.SandboxPlan(
+            network=launch.network,
+            fs_read=tuple(launch.fs_read),
+            fs_write=tuple(launch.fs_write),
+            tmp_dir=launch.tmp_dir,
+            memory_mb=launch.memory_mb,
+            plugin_paths=tuple(launch.plugin_paths),
+        ))
+    except Exception as exc:  # noqa: BLE001 - reported to the host, which ends the session
+        runner.report("error", stage="setup", error=describe(exc),
+                      traceback=traceback.format_exc())
+        return EXIT_RUNNER_ERROR
+    io = NodeIO(runner, plane, writers, readers)
+    try:
+        runner.set_status("Initializing", sandbox=layers)
+        try:
+            cls = _load_node_class(launch.entrypoint)
+            runner.node = node = cls(params, node_id=launch.node_id,
+                                     session_id=launch.session_id, emit=io.emit,
+                                     progress=runner.progress)
+            node._loan_fn = io.loan
+            runner.resolve(node.initialize())
+        except Stopped:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - node code may raise anything
+            return io.fail("initialize", exc)
+        runner.set_status("Ready")
+        runner.check_control(block=True)
+        try:
+            if readers:
+                io.consume()
+            else:
+                io.produce()
+            io.finish()
+        except Stopped:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            return io.fail("process" if readers else "generate", exc)
+        runner.stats(force=True)
+        runner.report("done")
+        return EXIT_OK
+    except Stopped:
+        io.stop()
+        return EXIT_OK
+    finally:
+        plane.close()
+
+
+class NodeIO:
+    """Moves data between the node's code and its channels."""
+
+    def __init__(self, runner: Runner, plane: Any, writers: dict[str, Any],
+                 readers: dict[str, Any]) -> None:
+        self.runner = runner
+        self.plane = plane
+        self.writers = writers
+        self.readers = readers
+        self.only_output = next(iter(writers)) if len(writers) == 1 else None
+
+    def writer(self, port: str | None) -> Any:
+        if port is None:
+            if self.only_output is None:
+                raise RuntimeError(
+                    f"{self.runner.launch.node_type} has {len(self.writers)} output ports; "
+                    "return None and use self.emit(port, data) instead")
+            port = self.only_output
+        try:
+            return self.writers[port]
+        except KeyError:
+            raise KeyError(f"no output port {port!r} (outputs: "
+                           f"{', '.join(self.writers) or 'none'})") from None
+
+    def emit(self, port: str | None, data: Any) -> None:
+        self.writer(port).send(data)
+        self.runner.sent += 1
+
+    def loan(self, port: str | None, kind: str, *args: Any, **kwargs: Any) -> Any:
+        self.runner.sent += 1
+        return getattr(self.writer(port), f"loan_{kind}")(*args, **kwargs)
+
+    def deliver(self, value: Any) -> None:
+        for item in self.runner.iterate(value):
+            self.emit(None, item)
+
+    def produce(self) -> None:
+        runner = self.runner
+        runner.set_status("Processing")
+        for item in runner.iterate(runner.node.generate()):
+            self.emit(None, item)
+            runner.check_control()
+            runner.stats()
+
+    def consume(self) -> None:
+        runner = self.runner
+        node = runner.node
+        open_ports = dict(self.readers)
+        sock_fd = runner.sock.fileno()
+        while open_ports:
+            ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
+                                         timeout=STATS_INTERVAL_S)
+            if fds:
+                runner.check_control()
+            for port, reader in list(open_ports.items()):
+                while (data := reader.receive()) is not None:
+                    runner.set_status("Processing")
+                    runner.received += 1
+                    runner.latencies_us.append((time.monotonic_ns() - data.timestamp_ns) / 1e3)
+                    self.deliver(node.process(data, port))
+                if reader.eos:
+                    del open_ports[port]
+                    self.deliver(node.end_of_stream(port))
+            runner.stats()
+            if runner.status == "Processing" and \
+                    time.monotonic() - runner.status_since > STATUS_DEBOUNCE_S:
+                runner.set_status("Ready")
+
+    def finish(self) -> None:
+        """End of stream downstream, wait until readers took everything, then clean up."""
+        for writer in self.writers.values():
+            writer.send_eos()
+        for writer in self.writers.values():
+            writer.close()
+        self.runner.resolve(self.runner.node.cleanup())
+
+    def fail(self, stage: str, exc: BaseException) -> int:
+        from nodehost import sandbox
+
+        runner = self.runner
+        if isinstance(exc, MemoryError):
+            limit = runner.launch.memory_mb
+            runner.report("error", stage=stage, kind="memory",
+                          error=f"memory limit exceeded ({limit} MiB): MemoryError",
+                          traceback=node_traceback(exc))
+            return sandbox.EXIT_MEMORY_LIMIT
+        runner.report("error", stage=stage, error=describe(exc), traceback=node_traceback(exc))
+        try:
+            if runner.node is not None:
+                runner.resolve(runner.node.cleanup())
+        except Exception:  # noqa: BLE001, S110 - the first error is the one that matters
+            pass
+        return EXIT_NODE_ERROR
+
+    def stop(self) -> None:
+        try:
+            if self.runner.node is not None:
+                self.runner.resolve(self.runner.node.cleanup())
+        except Exception as exc:  # noqa: BLE001
+            self.runner.report("log", message=f"cleanup failed: {describe(exc)}")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nodehost.runner")
+    parser.add_argument("--control-fd", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nodehost import sandbox
+
+    sandbox.preexec()  # die with the host, even if the host is SIGKILLed
+    args = _parse(argv)
+    sock = socket.socket(fileno=args.control_fd)
+    message = control.receive(sock)
+    if message is None or message.get("t") != "launch":
+        return EXIT_RUNNER_ERROR
+    launch = NodeLaunch.from_json(message["spec"])
+    if os.getppid() != launch.host_pid:  # the host died before we could watch it
+        return EXIT_RUNNER_ERROR
+    return run_node(Runner(sock, launch))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""Sessions: a running pipeline that owns its node processes.
+
+A session starts every node process at once, watches them from one supervisor thread that
+waits on events only (pidfds for process exits, the control sockets, the nodes' stderr, a
+wake-up pipe for ``stop()``) with the nearest deadline as the timeout — never a
+sleep-and-poll loop — and when anything fails it stops every process (graceful, then
+forced), reaps them, releases their shared memory and reports which node failed and why.
+The supervisor thread is also the thread that spawns the children: their parent-death
+signal is tied to it, and it lives until every child is reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from nodehost import control
+from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
+from nodehost.discovery import Registry, discover
+from nodehost.errors import IllegalTransition, SessionError
+from nodehost.lifecycle import NodeProcess, ProcessStatus
+from nodehost.plan import NodeLaunch, new_session_id, plan_session
+
+log = logging.getLogger("nodehost.session")
+
+HEARTBEAT_S = 2.0  # a node still initializing is reported at least this often
+STOP_GRACE_S = 0.1  # after a stop request, wait this long before SIGTERM
+KILL_GRACE_S = 1.0  # ... and this long before SIGKILL
+STDERR_TAIL = 8192
+
+S = ProcessStatus
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    ok: bool
+    reason: str
+    failed_node: str | None = None
+    failed_node_type: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class _Child:
+    launch: NodeLaunch
+    process: NodeProcess
+    popen: subprocess.Popen[bytes]
+    sock: socket.socket
+    pidfd: int
+    tmp_dir: str
+    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=64))
+    done: bool = False
+    error: str | None = None
+    error_kind: str | None = None
+    exited: bool = False
+    sandbox: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    last_report: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"node {self.launch.node_id!r} ({self.launch.node_type})"
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+class Session:
+    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+
+    def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
+                 python: str | None = None) -> None:
+        self.host = host
+        self.pipeline = pipeline
+        self.name = pipeline.config.name
+        self.id = new_session_id(self.name)
+        self.launches = plan_session(pipeline, self.id)
+        self.python = python or sys.executable
+        self.started_at = time.time()
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._children: dict[str, _Child] = {}
+        self._lock = threading.Lock()
+        self._result: SessionResult | None = None
+        self._finished = threading.Event()
+        self._spawned = threading.Event()
+        self._spawn_error: BaseException | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop_requested: str | None = None
+        self._failure: tuple[str, str, str] | None = None  # node, type, reason
+        self._thread = threading.Thread(target=self._supervise, name=f"nodehost-{self.id}",
+                                        daemon=True)
+        self._thread.start()
+        self._spawned.wait()
+        if self._spawn_error is not None:
+            self._thread.join()
+            raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
+
+    # -- public API ----------------------------------------------------------------------
+    def status(self) -> dict[str, ProcessStatus]:
+        with self._lock:
+            return {node_id: c.process.status for node_id, c in self._children.items()}
+
+    def processes(self) -> dict[str, NodeProcess]:
+        with self._lock:
+            return {node_id: c.process for node_id, c in self._children.items()}
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every event of the session in order, ending with ``session_end``."""
+        while True:
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                return
+            yield event
+            if event["event"] == "session_end":
+                return
+
+    def wait(self, timeout: float | None = None) -> SessionResult:
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"session {self.id} still running after {timeout} s")
+        assert self._result is not None
+        return self._result
+
+    @property
+    def result(self) -> SessionResult | None:
+        return self._result
+
+    def stop(self, reason: str = "stopped by request", timeout: float | None = None
+             ) -> SessionResult:
+        if not self._finished.is_set():
+            self._stop_requested = reason
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        return self.wait(timeout)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- events --------------------------------------------------------------------------
+    def _emit(self, kind: str, **fields: Any) -> None:
+        event = {"event": kind, "ts": time.time(), "session": self.id, **fields}
+        self._events.put(event)
+        self.host.registry.notify(event)
+        listener = self.host.on_event
+        if listener is not None:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - an observer never breaks the session
+                log.exception("event listener failed")
+
+    def _memory(self, child: _Child) -> int | None:
+        try:
+            return int(psutil.Process(child.popen.pid).memory_info().rss)
+        except (psutil.Error, OSError):
+            return None
+
+    def _status_event(self, child: _Child) -> None:
+        proc = child.process
+        child.last_report = time.monotonic()
+        self._emit("status", node=proc.node_id, node_type=proc.node_type, pid=proc.pid,
+                   status=proc.status.value, memory_usage=proc.memory_usage, error=proc.error,
+                   sandbox=child.sandbox, stats=child.stats or None)
+
+    def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None) -> None:
+        proc = child.process
+        if proc.status == status:
+            return
+        try:
+            with self._lock:
+                proc.set_status(status)
+                if error:
+                    proc.error = error
+        except IllegalTransition as exc:
+            log.warning("%s", exc)
+            return
+        if not child.exited:
+            proc.memory_usage = self._memory(child)
+        self._status_event(child)
+
+    # -- supervisor ----------------------------------------------------------------------
+    def _spawn_all(self) -> None:
+        for launch in self.launches:
+            tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
+            launch.tmp_dir = tmp_dir
+            launch.host_pid = os.getpid()
+            host_end, node_end = control.pair()
+            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [self.python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
+                pass_fds=[node_end.fileno()],
+                env=self.host.node_env(tmp_dir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_dir,
+            )
+            node_end.close()
+            control.send(host_end, "launch", spec=launch.to_json())
+            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
+            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
+            with self._lock:
+                self._children[launch.node_id] = child
+
+    def _supervise(self) -> None:
+        try:
+            self._spawn_all()
+        except BaseException as exc:  # noqa: BLE001 - becomes a SessionError for the caller
+            self._spawn_error = exc
+            self._kill_all()
+            self._reap_all()
+            self._release()
+            self._spawned.set()
+            return
+        self._spawned.set()
+        for child in self._children.values():
+            self._status_event(child)
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a supervisor bug must not leak processes
+            log.exception("supervisor failed")
+            self._fail(None, f"nodehost supervisor error: {exc!r}")
+            self._kill_all()
+        finally:
+            self._reap_all()
+            self._release()
+            self._finish()
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        for child in self._children.values():
+            sel.register(child.sock, selectors.EVENT_READ, ("control", child))
+            sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+            assert child.popen.stdout is not None
+            os.set_blocking(child.popen.stdout.fileno(), False)
+            sel.register(child.popen.stdout, selectors.EVENT_READ, ("output", child))
+        init_deadline = time.monotonic() + self.pipeline.config.init_timeout_s
+        started = False
+        stop_deadline: float | None = None
+        killed = False
+        while any(not c.exited for c in self._children.values()):
+            now = time.monotonic()
+            deadlines = [init_deadline] if not started else []
+            if stop_deadline is not None:
+                deadlines.append(stop_deadline)
+            initializing = [c for c in self._children.values()
+                            if c.process.status in (S.IDLE, S.INITIALIZING)]
+            deadlines += [c.last_report + HEARTBEAT_S for c in initializing]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            for key, _ in sel.select(timeout):
+                kind, child = key.data
+                if kind == "wake":
+                    os.read(self._wake_r, 64)
+                elif kind == "control":
+                    self._on_control(sel, child)
+                elif kind == "output":
+                    self._on_output(sel, child)
+                elif kind == "exit":
+                    sel.unregister(child.pidfd)
+                    self._on_exit(sel, child)
+            now = time.monotonic()
+            for child in initializing:
+                if not child.exited and now - child.last_report >= HEARTBEAT_S:
+                    child.process.memory_usage = self._memory(child)
+                    self._status_event(child)
+            if not started and self._failure is None and self._stop_requested is None:
+                if all(c.process.status == S.READY for c in self._children.values()):
+                    started = True
+                    for child in self._children.values():
+                        control.send(child.sock, "start")
+                elif now >= init_deadline:
+                    late = next(c for c in self._children.values()
+                                if c.process.status in (S.IDLE, S.INITIALIZING))
+                    self._fail(late, f"did not become Ready within init_timeout_s="
+                                     f"{self.pipeline.config.init_timeout_s:g} s", "timeout")
+            if (self._failure is not None or self._stop_requested is not None) \
+                    and stop_deadline is None:
+                self._request_stop()
+                stop_deadline = now + STOP_GRACE_S
+            elif stop_deadline is not None and now >= stop_deadline:
+                if not killed:
+                    self._signal_all(signal.SIGTERM)
+                    killed = True
+                    stop_deadline = now + KILL_GRACE_S
+                else:
+                    self._kill_all()
+                    stop_deadline = now + KILL_GRACE_S
+        sel.close()
+
+    def _on_control(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        message = control.receive(child.sock)
+        if message is None:
+            sel.unregister(child.sock)
+            return
+        kind = message["t"]
+        if kind == "status":
+            if message.get("sandbox") is not None:
+                child.sandbox = list(message["sandbox"])
+            try:
+                self._set_status(child, S(message["status"]))
+            except ValueError:
+                log.warning("%s sent unknown status %r", child.label, message.get("status"))
+        elif kind == "progress":
+            self._emit("progress", node=child.launch.node_id, node_type=child.launch.node_type,
+                       fraction=message.get("fraction"), message=message.get("message", ""))
+            child.last_report = time.monotonic()
+        elif kind == "stats":
+            child.stats = {k: v for k, v in message.items() if k != "t"}
+        elif kind == "done":
+            child.done = True
+        elif kind == "error":
+            child.error = str(message.get("error", "unknown error"))
+            child.error_kind = message.get("kind")
+            stage = message.get("stage", "")
+            where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
+                f" during {stage}" if stage else ""
+            reason = f"failed{where}: {child.error}"
+            tb = message.get("traceback")
+            if tb:
+                log.info("%s traceback:\n%s", child.label, tb)
+            self._set_status(child, S.ERROR, error=reason)
+            self._fail(child, reason, child.error_kind or "exception")
+        elif kind == "log":
+            log.info("%s: %s", child.label, message.get("message"))
+
+    def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        assert child.popen.stdout is not None
+        try:
+            chunk = os.read(child.popen.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            sel.unregister(child.popen.stdout)
+            return
+        child.stderr_tail.append(chunk)
+        for line in chunk.decode(errors="replace").splitlines():
+            log.debug("[%s] %s", child.launch.node_id, line)
+
+    def _output_tail(self, child: _Child) -> str:
+        text = b"".join(child.stderr_tail)[-STDERR_TAIL:].decode(errors="replace").strip()
+        return text.splitlines()[-1] if text else ""
+
+    def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        returncode = child.popen.wait()
+        child.exited = True
+        child.process.exit_code = returncode
+        os.close(child.pidfd)
+        # Drain what the node said before dying: its error report explains the exit.
+        with contextlib.suppress(KeyError, ValueError):
+            while sel.get_key(child.sock) is not None:
+                child.sock.setblocking(False)
+                try:
+                    self._on_control(sel, child)
+                except BlockingIOError:
+                    break
+        with contextlib.suppress(KeyError, ValueError):
+            if child.popen.stdout is not None and sel.get_key(child.popen.stdout):
+                self._on_output(sel, child)
+        stopping = self._failure is not None or self._stop_requested is not None
+        if child.done and returncode == 0:
+            self._set_status(child, S.STOPPING)
+        elif child.error is None and not (stopping and child.process.status == S.STOPPING):
+            from nodehost.sandbox import EXIT_MEMORY_LIMIT
+
+            if returncode == EXIT_MEMORY_LIMIT:
+                cause, kind = "exceeded its memory limit", "memory"
+            elif returncode == 0:
+                cause, kind = "exited before its stream ended", "exit"
+            else:
+                cause = describe_exit(returncode)
+                kind = "signal" if returncode < 0 else "exit"
+                tail = self._output_tail(child)
+                if tail:
+                    cause += f" (last output: {tail[-200:]})"
+            if not stopping or self._failure is None:
+                self._set_status(child, S.ERROR, error=cause)
+                self._fail(child, cause, kind)
+        if child.process.status != S.STOPPING:
+            self._set_status(child, S.STOPPING)
+        self._set_status(child, S.STOPPED)
+
+    def _fail(self, child: _Child | None, reason: str, kind: str = "error") -> None:
+        if self._failure is not None:
+            return
+        if child is None:
+            self._failure = ("", "", reason)
+        else:
+            self._failure = (child.launch.node_id, child.launch.node_type,
+                             f"{child.label} {reason}")
+
+    def _request_stop(self) -> None:
+        for child in self._children.values():
+            if child.exited:
+                continue
+            if child.process.status.is_live:
+                self._set_status(child, S.STOPPING)
+            control.send(child.sock, "stop")
+
+    def _signal_all(self, sig: signal.Signals) -> None:
+        for child in self._children.values():
+            if not child.exited:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child.pidfd, sig)
+
+    def _kill_all(self) -> None:
+        self._signal_all(signal.SIGKILL)
+
+    def _reap_all(self) -> None:
+        for child in self._children.values():
+            if not child.exited:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+                child.popen.wait()
+                child.exited = True
+                with contextlib.suppress(OSError):
+                    os.close(child.pidfd)
+
+    def _release(self) -> None:
+        crashed = False
+        for child in self._children.values():
+            child.sock.close()
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
+            shutil.rmtree(child.tmp_dir, ignore_errors=True)
+            code = child.process.exit_code
+            crashed = crashed or code is None or code != 0
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if crashed:  # a killed node leaves its shared memory behind until someone cleans up
+            from nodehost.channels import cleanup_dead_nodes
+
+            cleanup_dead_nodes()
+
+    def _finish(self) -> None:
+        duration = time.time() - self.started_at
+        if self._failure is not None:
+            node, node_type, reason = self._failure
+            result = SessionResult(False, reason, node or None, node_type or None, duration)
+        elif self._stop_requested is not None:
+            result = SessionResult(False, self._stop_requested, duration_s=duration)
+        elif self._spawn_error is not None:
+            result = SessionResult(False, str(self._spawn_error), duration_s=duration)
+        else:
+            result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
+        self._result = result
+        self._emit("session_end", ok=result.ok, reason=result.reason,
+                   failed_node=result.failed_node, failed_node_type=result.failed_node_type,
+                   duration_s=round(duration, 6))
+        self.host._forget(self)
+        self._finished.set()
+
+
+class Host:
+    """Discovers plugins and runs sessions. Several sessions may run at once."""
+
+    def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
+                 on_event: Any = None, env_allow: Mapping[str, str] | None = None) -> None:
+        self.registry = registry if registry is not None else discover(plugins=plugins)
+        self.on_event = on_event
+        self._extra_env = dict(env_allow or {})
+        self._sessions: list[Session] = []
+        self._lock = threading.Lock()
+        from nodehost.channels import cleanup_dead_nodes
+
+        cleanup_dead_nodes()  # reclaim what a killed host left in /dev/shm
+
+    def validate(self, config: str | Path | Mapping[str, Any] | PipelineConfig
+                 ) -> ValidatedPipeline:
+        return validate_pipeline(load_config(config), self.registry.node_types)
+
+    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
+                      ) -> Session:
+        pipeline = self.validate(config)
+        session = Session(self, pipeline)
+        with self._lock:
+            if not session._finished.is_set():
+                self._sessions.append(session)
+        return session
+
+    def run(self, config: str | Path | Mapping[str, Any] | PipelineConfig,
+            timeout: float | None = None) -> SessionResult:
+        session = self.start_session(config)
+        try:
+            return session.wait(timeout)
+        finally:
+            session.stop()
+
+    def sessions(self) -> list[Session]:
+        with self._lock:
+            return list(self._sessions)
+
+    def node_env(self, tmp_dir: str) -> dict[str, str]:
+        from nodehost.sandbox import scrubbed_env
+
+        env = scrubbed_env(self._extra_env)
+        env["TMPDIR"] = tmp_dir
+        env["HOME"] = tmp_dir
+        return env
+
+    def _forget(self, session: Session) -> None:
+        with self._lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+
+    def close(self) -> None:
+        for session in self.sessions():
+            session.stop()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
