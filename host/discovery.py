@@ -22,16 +22,16 @@ from typing import Any, TypeVar
 
 import pluggy
 import yaml
-from pydantic import ValidationError
-
 from nodehost import hookspecs
 from nodehost.config import pydantic_issues
 from nodehost.errors import DiscoveryError
 from nodehost.manifest import NodeManifest
+from pydantic import ValidationError
 
 ENTRY_POINT_GROUP = "nodehost"
 DISABLE_ENV = "NODEHOST_DISABLE_PLUGINS"  # comma-separated distribution or entry-point names
 NO_AUTOLOAD_ENV = "NODEHOST_DISABLE_PLUGIN_AUTOLOAD"  # any non-empty value: skip entry points
+TIMEOUT_ENV = "NODEHOST_HOOK_TIMEOUT_S"  # seconds a plugin's import or hook may take
 HOOK_TIMEOUT_S = 10.0
 
 log = logging.getLogger("nodehost.discovery")
@@ -71,8 +71,8 @@ class PluginInfo:
     node_types: list[str] = field(default_factory=list)
 
 
-class _Timeout(Exception):
-    pass
+class HookTimeout(Exception):
+    """A plugin's import or hook did not return in time."""
 
 
 def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:
@@ -82,14 +82,14 @@ def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported as the plugin's failure
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="nodehost-plugin-call", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise _Timeout(f"did not return within {timeout:g} s")
+        raise HookTimeout(f"no answer within {timeout:g} s (set {TIMEOUT_ENV} to wait longer)")
     if "error" in box:
         raise box["error"]
     value: T = box["value"]
@@ -101,10 +101,24 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
 
 
+def hook_timeout() -> float:
+    """The time a plugin gets to import and to answer a hook (``NODEHOST_HOOK_TIMEOUT_S``)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return HOOK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number; using %g s", TIMEOUT_ENV, raw, HOOK_TIMEOUT_S)
+        return HOOK_TIMEOUT_S
+    return value if value > 0 else HOOK_TIMEOUT_S
+
+
 def _read_manifest_file(item: str | Path | Traversable) -> Any:
+    if isinstance(item, str):
+        item = Path(item)
     text = item.read_text(encoding="utf-8")
-    name = item.name if hasattr(item, "name") else str(item)
-    if str(name).endswith(".json"):
+    if item.name.endswith(".json"):
         return json.loads(text)
     return yaml.safe_load(text)
 
@@ -122,6 +136,15 @@ def _as_manifest(item: Any) -> tuple[NodeManifest, str]:
         return NodeManifest.model_validate(dict(data)), source
     raise TypeError(f"expected a NodeManifest, a dict or a manifest path, got "
                     f"{type(item).__name__}")
+
+
+def _label(item: Any, position: int) -> str:
+    """How a failure names one item of a plugin's manifest list."""
+    if isinstance(item, str | Path | Traversable):
+        return str(item)
+    if isinstance(item, Mapping) and isinstance(item.get("node_type"), str):
+        return f"#{position} ({item['node_type']})"
+    return f"#{position}"
 
 
 def _disabled_names() -> set[str]:
@@ -142,6 +165,7 @@ class Registry:
         self.node_types: dict[str, NodeType] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
+        self.timeout = hook_timeout()
 
     # -- loading -------------------------------------------------------------------------
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
@@ -154,8 +178,8 @@ class Registry:
                 log.debug("plugin %s disabled by %s", dist_name, DISABLE_ENV)
                 continue
             try:
-                plugin = _call_with_timeout(ep.load, HOOK_TIMEOUT_S)
-            except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything
+                plugin = _call_with_timeout(ep.load, self.timeout)
+            except BaseException as exc:
                 self._fail(dist_name, f"import of {ep.value!r} failed: {_describe(exc)}", ep.name)
                 continue
             self.add_plugin(plugin, dist_name, version, ep.name)
@@ -164,9 +188,11 @@ class Registry:
                    entry_point: str = "") -> None:
         """Register one plugin object and take its node types. Failures are recorded."""
         pm = self.plugin_manager
+        # A distribution may declare several entry points; each registers under its own name.
+        key = f"{name}:{entry_point}" if entry_point else name
         try:
-            pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001 - pluggy validation, duplicate names...
+            pm.register(plugin, name=key)
+        except Exception as exc:
             self._fail(name, f"invalid plugin: {_describe(exc)}", entry_point)
             return
         callers = pm.get_hookcallers(plugin) or []
@@ -177,15 +203,15 @@ class Registry:
                              "nodehost_node_manifests, nodehost_session_event", entry_point)
             return
         info = PluginInfo(name, version, entry_point, sorted(hc.name for hc in callers))
-        self.plugins[name] = info
+        self.plugins[key] = info
         for impl in pm.hook.nodehost_node_manifests.get_hookimpls():
             if impl.plugin is plugin:
                 self._take_manifests(info, impl.function)
 
     def _take_manifests(self, info: PluginInfo, hook: Callable[[], Any]) -> None:
         try:
-            items = _call_with_timeout(hook, HOOK_TIMEOUT_S)
-        except BaseException as exc:  # noqa: BLE001
+            items = _call_with_timeout(hook, self.timeout)
+        except BaseException as exc:
             self._fail(info.name, f"nodehost_node_manifests() failed: {_describe(exc)}",
                        info.entry_point)
             return
@@ -196,15 +222,15 @@ class Registry:
                                   f"{type(items).__name__}", info.entry_point)
             return
         for position, item in enumerate(items):
+            where = _label(item, position)
             try:
                 manifest, source = _as_manifest(item)
             except ValidationError as exc:
-                where = item if isinstance(item, str | Path) else f"manifest #{position}"
                 problems = "; ".join(str(i) for i in pydantic_issues(exc))
                 self._fail(info.name, f"invalid manifest {where}: {problems}", info.entry_point)
                 continue
-            except Exception as exc:  # noqa: BLE001 - unreadable file, bad YAML, wrong type
-                self._fail(info.name, f"invalid manifest #{position}: {_describe(exc)}",
+            except Exception as exc:
+                self._fail(info.name, f"invalid manifest {where}: {_describe(exc)}",
                            info.entry_point)
                 continue
             existing = self.node_types.get(manifest.node_type)
@@ -236,7 +262,7 @@ class Registry:
         for impl in self.plugin_manager.hook.nodehost_session_event.get_hookimpls():
             try:
                 impl.function(event=dict(event))
-            except Exception as exc:  # noqa: BLE001 - a plugin never breaks the host
+            except Exception as exc:
                 log.warning("plugin %s: nodehost_session_event failed: %s",
                             impl.plugin_name, _describe(exc))
 

@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -33,6 +35,20 @@ EXIT_RUNNER_ERROR = 70
 STATUS_DEBOUNCE_S = 0.02  # Ready/Processing flips are reported at most ~50 times a second
 STATS_INTERVAL_S = 0.5
 _HOST_FILES = str(Path(__file__).resolve().parent)
+
+
+class ControlLogHandler(logging.Handler):
+    """Node log records (INFO and up) become ``log`` events in the host."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(logging.INFO)
+        self.runner = runner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.runner.report("log", level=record.levelname, message=self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into node code
+            self.handleError(record)
 
 
 class Stopped(Exception):
@@ -66,6 +82,7 @@ class Runner:
         self.last_stats = 0.0
         self.node: Any = None
         self.started = False
+        self.first_output_ts: float | None = None
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, kind: str, **fields: Any) -> None:
@@ -86,7 +103,8 @@ class Runner:
         lat = sorted(self.latencies_us)
         self.latencies_us.clear()
         self.report("stats", received=self.received, sent=self.sent,
-                    latency_p50_us=lat[len(lat) // 2] if lat else None)
+                    latency_p50_us=lat[len(lat) // 2] if lat else None,
+                    first_output_ts=self.first_output_ts)
 
     def progress(self, fraction: float, message: str) -> None:
         self.report("progress", fraction=fraction, message=message)
@@ -190,6 +208,9 @@ def run_node(runner: Runner) -> int:
                       traceback=traceback.format_exc())
         return EXIT_RUNNER_ERROR
     io = NodeIO(runner, plane, writers, readers)
+    node_logger = logging.getLogger("nodehost.node")
+    node_logger.setLevel(logging.INFO)
+    node_logger.addHandler(ControlLogHandler(runner))
     try:
         runner.set_status("Initializing", sandbox=layers)
         try:
@@ -251,10 +272,16 @@ class NodeIO:
 
     def emit(self, port: str | None, data: Any) -> None:
         self.writer(port).send(data)
-        self.runner.sent += 1
+        self.count_output()
+
+    def count_output(self) -> None:
+        runner = self.runner
+        if runner.first_output_ts is None:
+            runner.first_output_ts = time.time()
+        runner.sent += 1
 
     def loan(self, port: str | None, kind: str, *args: Any, **kwargs: Any) -> Any:
-        self.runner.sent += 1
+        self.count_output()
         return getattr(self.writer(port), f"loan_{kind}")(*args, **kwargs)
 
     def deliver(self, value: Any) -> None:
@@ -337,6 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     from nodehost import sandbox
 
     sandbox.preexec()  # die with the host, even if the host is SIGKILLed
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     args = _parse(argv)
     sock = socket.socket(fileno=args.control_fd)
     message = control.receive(sock)

@@ -220,6 +220,9 @@ class Session:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=tmp_dir,
+                # Own process group: a Ctrl-C in the terminal reaches the host only, which
+                # then stops the nodes in order instead of every node dying mid-message.
+                process_group=0,
             )
             node_end.close()
             control.send(host_end, "launch", spec=launch.to_json())
@@ -348,7 +351,8 @@ class Session:
             self._set_status(child, S.ERROR, error=reason)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == "log":
-            log.info("%s: %s", child.label, message.get("message"))
+            self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                       level=message.get("level", "INFO"), message=message.get("message", ""))
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
         assert child.popen.stdout is not None

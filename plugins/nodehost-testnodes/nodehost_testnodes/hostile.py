@@ -1,0 +1,76 @@
+"""A hostile node: tries one way out of its sandbox and reports what happened as text.
+
+The report starts with ``allowed:`` when the attempt worked and ``denied:`` when something
+stopped it, followed by what stopped it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+from collections.abc import Iterator
+
+import nodehost
+from nodehost import RuntimeData
+
+
+def _attempt(attempt: str, target: str) -> str:
+    if attempt == "network":
+        host, _, port = (target or "127.0.0.1:9").partition(":")
+        with socket.create_connection((host, int(port or 9)), timeout=2):
+            return "connected"
+    if attempt in ("write_outside", "write_granted"):
+        with open(target, "w", encoding="utf-8") as fh:
+            fh.write("written by a node\n")
+        return f"wrote {target}"
+    if attempt == "read_outside":
+        with open(target, encoding="utf-8", errors="replace") as fh:
+            return f"read {len(fh.read())} chars of {target}"
+    if attempt == "read_env":
+        secrets = {k: v for k, v in os.environ.items() if "SECRET" in k}
+        host_env = f"/proc/{os.getppid()}/environ"
+        with open(host_env, "rb") as fh:
+            return f"own env has {sorted(secrets)}; read {len(fh.read())} bytes of {host_env}"
+    if attempt == "signal_host":
+        os.kill(os.getppid(), signal.SIGTERM)
+        return f"signalled host {os.getppid()}"
+    if attempt == "ptrace_host":
+        libc = ctypes.CDLL(None, use_errno=True)
+        ptrace_attach = 16
+        if libc.ptrace(ptrace_attach, os.getppid(), None, None) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return "attached to the host"
+    if attempt == "fork_bomb":
+        children = []
+        for _ in range(int(target or 64)):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        return f"forked {len(children)} children"
+    if attempt == "memory":
+        hog = bytearray(int(target or 1024) * 1024 * 1024)
+        return f"allocated {len(hog) >> 20} MiB"
+    if attempt == "fill_tmp":
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fill.bin")
+        block = b"\0" * (1 << 20)
+        with open(path, "wb") as fh:
+            for _ in range(int(target or 4096)):
+                fh.write(block)
+        return f"wrote {os.path.getsize(path) >> 20} MiB to {path}"
+    raise ValueError(f"unknown attempt {attempt!r}")
+
+
+class Hostile(nodehost.Node):
+    def generate(self) -> Iterator[RuntimeData]:
+        try:
+            outcome = "allowed: " + _attempt(self.params.attempt, self.params.target)
+        except MemoryError:
+            outcome = "denied: MemoryError"
+        except OSError as exc:
+            outcome = f"denied: {type(exc).__name__}: {exc.strerror or exc}"
+        yield RuntimeData.text(outcome)

@@ -1,0 +1,1 @@
+"""Node types for pipeline validation tests: one manifest file per type."""

@@ -1,0 +1,1 @@
+"""A well-behaved plugin: two node types, one manifest shipped as a YAML file, one a dict."""
