@@ -50,7 +50,7 @@ class Connection(_Strict):
     def _endpoint(cls, value: str) -> str:
         if not ENDPOINT.match(value):
             raise PydanticCustomError(
-                "endpoint", '{value!r} is not "node" or "node.port"', {"value": value}
+                "endpoint", '{value} is not "node" or "node.port"', {"value": repr(value)}
             )
         return value
 
@@ -205,15 +205,16 @@ def _closest(name: str, known: Iterable[str]) -> str:
 
 
 def _resolve_port(
-    endpoint: str, loc: str, nodes: Mapping[str, ResolvedNode], direction: str,
-    issues: list[Issue],
+    endpoint: str, loc: str, nodes: Mapping[str, ResolvedNode], declared: Mapping[str, int],
+    direction: str, issues: list[Issue],
 ) -> Endpoint | None:
     match = ENDPOINT.match(endpoint)
     assert match is not None  # checked by Connection
     node_id, port = match.group(1), match.group(2)
     node = nodes.get(node_id)
     if node is None:
-        issues.append(Issue(loc, f"unknown node {node_id!r}{_closest(node_id, nodes)}"))
+        if node_id not in declared:  # else the node itself is invalid and already reported
+            issues.append(Issue(loc, f"unknown node {node_id!r}{_closest(node_id, declared)}"))
         return None
     ports = node.manifest.outputs if direction == "from" else node.manifest.inputs
     kind = "output" if direction == "from" else "input"
@@ -280,12 +281,14 @@ def validate_pipeline(
     """
     issues: list[Issue] = []
     nodes: dict[str, ResolvedNode] = {}
+    declared: dict[str, int] = {}  # every node id → its first index, valid or not
     for index, node_cfg in enumerate(config.nodes):
         loc = f"nodes[{index}]"
-        if node_cfg.id in nodes:
+        if node_cfg.id in declared:
             issues.append(Issue(f"{loc}.id", f"duplicate node id {node_cfg.id!r} (first used "
-                                             f"at nodes[{nodes[node_cfg.id].index}])"))
+                                             f"at nodes[{declared[node_cfg.id]}])"))
             continue
+        declared[node_cfg.id] = index
         node_type = node_types.get(node_cfg.type)
         if node_type is None:
             issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
@@ -311,8 +314,8 @@ def validate_pipeline(
     seen_inputs: dict[Endpoint, int] = {}
     for index, conn in enumerate(config.connections):
         loc = f"connections[{index}]"
-        src = _resolve_port(conn.from_, f"{loc}.from", nodes, "from", issues)
-        dst = _resolve_port(conn.to, f"{loc}.to", nodes, "to", issues)
+        src = _resolve_port(conn.from_, f"{loc}.from", nodes, declared, "from", issues)
+        dst = _resolve_port(conn.to, f"{loc}.to", nodes, declared, "to", issues)
         if src is None or dst is None:
             continue
         if src.node == dst.node:

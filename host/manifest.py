@@ -86,8 +86,22 @@ _PY_TYPES: dict[str, Any] = {
 }
 
 
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "number": (int, float),
+    "integer": (int,),
+    "string": (str,),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
 class ParamSpec(_Strict):
-    """One parameter of a node type."""
+    """One parameter of a node type.
+
+    Left out, a param is optional and ``None`` unless it has a ``default``; ``required: true``
+    makes the pipeline config name it.
+    """
 
     type: ParamType
     description: str = ""
@@ -99,11 +113,59 @@ class ParamSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
+        bounded = self.minimum is not None or self.maximum is not None
+        if bounded and self.type not in ("number", "integer"):
+            raise PydanticCustomError(
+                "bounds", "minimum/maximum apply to number and integer params, not {type}",
+                {"type": self.type},
+            )
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise PydanticCustomError("range", "minimum is greater than maximum")
         if self.required and "default" in self.model_fields_set:
             raise PydanticCustomError("required", "a required param cannot have a default")
+        if self.enum is not None:
+            if not self.enum:
+                raise PydanticCustomError("enum", "enum must list at least one value")
+            if self.type in ("array", "object"):
+                raise PydanticCustomError(
+                    "enum", "enum applies to scalar params, not {type}", {"type": self.type}
+                )
+            for value in self.enum:
+                problem = self._type_problem(value)
+                if problem:
+                    raise PydanticCustomError(
+                        "enum", "enum value {value} {problem}",
+                        {"value": repr(value), "problem": problem},
+                    )
+        if self.has_default and self.default is not None:
+            problem = self.value_problem(self.default)
+            if problem:
+                raise PydanticCustomError(
+                    "default", "default {value} {problem}",
+                    {"value": repr(self.default), "problem": problem},
+                )
         return self
+
+    def _type_problem(self, value: Any) -> str | None:
+        # bool is an int in Python, but not a number in a manifest.
+        if isinstance(value, bool) and self.type != "boolean":
+            return f"is not of type {self.type}"
+        if not isinstance(value, _JSON_TYPES[self.type]):
+            return f"is not of type {self.type}"
+        return None
+
+    def value_problem(self, value: Any) -> str | None:
+        """Why ``value`` does not satisfy this spec, or None when it does."""
+        problem = self._type_problem(value)
+        if problem:
+            return problem
+        if self.minimum is not None and value < self.minimum:
+            return f"is less than the minimum {self.minimum:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"is greater than the maximum {self.maximum:g}"
+        if self.enum is not None and value not in self.enum:
+            return f"is not one of {self.enum!r}"
+        return None
 
     @property
     def has_default(self) -> bool:
@@ -127,7 +189,7 @@ class SandboxPolicy(_Strict):
         for path in paths:
             if not path.startswith("/"):
                 raise PydanticCustomError(
-                    "absolute_path", "sandbox paths must be absolute: {path!r}", {"path": path}
+                    "absolute_path", "sandbox paths must be absolute: {path}", {"path": repr(path)}
                 )
         return paths
 
@@ -166,7 +228,8 @@ class NodeManifest(_Strict):
     def _semver(cls, version: str) -> str:
         if not SEMVER.match(version):
             raise PydanticCustomError(
-                "semver", "{version!r} is not a semantic version (e.g. 1.0.0)", {"version": version}
+                "semver", "{version} is not a semantic version (e.g. 1.0.0)",
+                {"version": repr(version)},
             )
         return version
 
@@ -176,7 +239,7 @@ class NodeManifest(_Strict):
         for name in ports:
             if not re.match(IDENTIFIER, name):
                 raise PydanticCustomError(
-                    "name", "{name!r} is not a valid name (letters, digits, _)", {"name": name}
+                    "name", "{name} is not a valid name (letters, digits, _)", {"name": repr(name)}
                 )
         return ports
 
@@ -187,8 +250,8 @@ class NodeManifest(_Strict):
             if ref is not None and ref not in self.params:
                 raise PydanticCustomError(
                     "unknown_param",
-                    "outputs.{port}.sample_rate_from_param names unknown param {ref!r}",
-                    {"port": port_name, "ref": ref},
+                    "outputs.{port}.sample_rate_from_param names unknown param {ref}",
+                    {"port": port_name, "ref": repr(ref)},
                 )
         for port_name, port in self.inputs.items():
             if port.sample_rate_from_param is not None:
@@ -220,12 +283,9 @@ class NodeManifest(_Strict):
                 constraints["ge"] = spec.minimum
             if spec.maximum is not None:
                 constraints["le"] = spec.maximum
-            if spec.required or not spec.has_default:
-                default: Any = ...
-            else:
-                default = spec.default
-            # ``None`` as a declared default makes the param optional.
-            if spec.has_default and spec.default is None:
+            default: Any = ... if spec.required else spec.default
+            # Optional without a default, or with ``default: null``: None stands for unset.
+            if not spec.required and spec.default is None:
                 annotation = annotation | None
             fields[name] = (annotation, Field(default, **constraints))
         model: type[BaseModel] = create_model(  # type: ignore[call-overload]
