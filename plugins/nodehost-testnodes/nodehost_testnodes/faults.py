@@ -35,6 +35,7 @@ class Faulty(nodehost.Node):
 
     def fail(self) -> None:
         mode = self.params.mode
+        self.logger.info("failing now: %s at %.6f", mode, time.time())
         if mode == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif mode == "sigsegv":

@@ -75,9 +75,15 @@ class ProbeSink(nodehost.Node):
         self.in_order = True
         self.intact = True
         self.sizes: set[int] = set()
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
 
     def process(self, data: RuntimeData, port: str) -> None:
         buf = data.as_array().view(np.uint8).reshape(-1)
+        now = time.time()
+        if self.first_ts is None:
+            self.first_ts = now
+        self.last_ts = now
         seq, seed = (int(v) for v in buf[:HEADER].view("<u8"))
         if seq != self.expected.get(seed, 0):
             self.in_order = False
@@ -99,6 +105,8 @@ class ProbeSink(nodehost.Node):
             "pid": os.getpid(),
             "node_id": self.node_id,
             "session_id": self.session_id,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)

@@ -1,0 +1,170 @@
+"""Runtime scenarios for ``nodehost bench``: whole sessions of real node processes.
+
+Uses the probe node types of the ``nodehost-testnodes`` plugin. Each figure is a median over
+repeated sessions, measured from the session's own events or the sink's own clock.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nodehost.session import Host
+
+PROBE_TYPES = ("ProbeSource", "Forward", "ProbeSink", "Faulty")
+
+
+def _chain(out: Path, count: int, payload: int, middle: int, *, interval_ms: float = 0.0,
+           name: str = "bench") -> dict[str, Any]:
+    nodes: list[dict[str, Any]] = [{"id": "src", "type": "ProbeSource", "params": {
+        "count": count, "payload_bytes": payload, "interval_ms": interval_ms}}]
+    nodes += [{"id": f"fwd{i}", "type": "Forward"} for i in range(middle)]
+    nodes.append({"id": "sink", "type": "ProbeSink", "params": {"out_path": str(out)},
+                  "sandbox": {"fs_write": [str(out)]}})
+    ids = [n["id"] for n in nodes]
+    return {"name": name, "nodes": nodes,
+            "connections": [{"from": a, "to": b} for a, b in zip(ids, ids[1:], strict=False)]}
+
+
+def _run_summary(host: Host, config: dict[str, Any], out: Path) -> dict[str, Any]:
+    session = host.start_session(config)
+    events = list(session.events())
+    result = session.wait()
+    if not result.ok:
+        raise RuntimeError(f"benchmark session failed: {result.reason}")
+    summary: dict[str, Any] = json.loads(out.read_text())
+    summary["events"] = events
+    return summary
+
+
+def chain_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
+    out = tmp / "throughput.json"
+    summary = _run_summary(host, _chain(out, count, 1024, 1), out)
+    elapsed = summary["last_ts"] - summary["first_ts"]
+    return {"scenario": "3-node chain throughput (1 KiB)", "messages": summary["count"],
+            "msgs_per_s": round((summary["count"] - 1) / elapsed) if elapsed > 0 else None}
+
+
+def chain_latency(host: Host, tmp: Path, count: int = 400) -> dict[str, Any]:
+    """Paced source, so each hop's latency is measured without queueing in front of it."""
+    out = tmp / "latency.json"
+    summary = _run_summary(host, _chain(out, count, 1024, 1, interval_ms=2.0), out)
+    hops = [e["stats"]["latency_p50_us"] for e in summary["events"]
+            if e["event"] == "status" and e["node"] in ("fwd0", "sink") and e.get("stats")
+            and e["stats"].get("latency_p50_us") is not None]
+    return {"scenario": "per-hop latency p50 incl. runner (1 KiB, paced)",
+            "p50_us": round(statistics.median(hops), 1) if hops else None}
+
+
+def startup_teardown(host: Host, tmp: Path, rounds: int = 5) -> dict[str, Any]:
+    ready_s, teardown_s = [], []
+    for i in range(rounds):
+        out = tmp / f"startup{i}.json"
+        config = _chain(out, 10**9, 1024, 3, interval_ms=50.0, name=f"startup{i}")
+        t0 = time.monotonic()
+        session = host.start_session(config)
+        for event in session.events():
+            status = session.status()
+            if event["event"] == "status" and all(s.value in ("Ready", "Processing")
+                                                  for s in status.values()):
+                break
+        ready_s.append(time.monotonic() - t0)
+        t1 = time.monotonic()
+        session.stop("bench teardown")
+        teardown_s.append(time.monotonic() - t1)
+    return {"scenario": "5 trivial nodes: start → all Ready; stop → all reaped",
+            "ready_p50_s": round(statistics.median(ready_s), 3),
+            "teardown_p50_s": round(statistics.median(teardown_s), 3)}
+
+
+def crash_teardown(host: Host, tmp: Path, rounds: int = 7) -> dict[str, Any]:
+    detect_ms = []
+    for i in range(rounds):
+        out = tmp / f"crash{i}.json"
+        config = _chain(out, 10**9, 1024, 0, interval_ms=1.0, name=f"crash{i}")
+        config["nodes"].insert(1, {"id": "bad", "type": "Faulty",
+                                   "params": {"mode": "sigkill", "after": 50}})
+        config["connections"] = [{"from": "src", "to": "bad"}, {"from": "bad", "to": "sink"}]
+        session = host.start_session(config)
+        crash_ts = end_ts = None
+        for event in session.events():
+            if event["event"] == "log" and "failing now" in event["message"]:
+                crash_ts = float(event["message"].rsplit(" ", 1)[1])
+            if event["event"] == "session_end":
+                end_ts = event["ts"]
+        if crash_ts is not None and end_ts is not None:
+            detect_ms.append((end_ts - crash_ts) * 1000)
+    return {"scenario": "crash → session fully torn down (SIGKILL in a 3-node chain)",
+            "p50_ms": round(statistics.median(detect_ms), 1) if detect_ms else None}
+
+
+def _busy_ms(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000
+    x = 0
+    while time.perf_counter() < end:
+        for i in range(200):
+            x += i * i
+
+
+def parallel_branches(host: Host, tmp: Path, count: int = 200,
+                      work_ms: float = 5.0) -> dict[str, Any]:
+    """Two CPU-bound nodes on parallel branches vs the same work on two threads of one
+    process (the GIL serialises them)."""
+    outs = [tmp / "branch_a.json", tmp / "branch_b.json"]
+    config: dict[str, Any] = {"name": "parallel", "nodes": [
+        {"id": "src", "type": "ProbeSource", "params": {"count": count, "payload_bytes": 1024}},
+        {"id": "a", "type": "Forward", "params": {"work_ms": work_ms}},
+        {"id": "b", "type": "Forward", "params": {"work_ms": work_ms}},
+        *({"id": f"sink_{x}", "type": "ProbeSink", "params": {"out_path": str(o)},
+           "sandbox": {"fs_write": [str(o)]}} for x, o in zip("ab", outs, strict=True)),
+    ], "connections": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
+                       {"from": "a", "to": "sink_a"}, {"from": "b", "to": "sink_b"}]}
+    session = host.start_session(config)
+    session.wait()
+    sums = [json.loads(o.read_text()) for o in outs]
+    span = max(s["last_ts"] for s in sums) - min(s["first_ts"] for s in sums)
+    nodes_rate = 2 * count / span
+
+    def worker() -> None:
+        for _ in range(count):
+            _busy_ms(work_ms)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    threads_rate = 2 * count / (time.perf_counter() - t0)
+    return {"scenario": f"2 CPU-bound branches ({work_ms:g} ms/msg) vs 2 threads in 1 process",
+            "nodes_msgs_per_s": round(nodes_rate, 1),
+            "threads_msgs_per_s": round(threads_rate, 1),
+            "speedup": round(nodes_rate / threads_rate, 2)}
+
+
+SCENARIOS: list[Callable[[Host, Path], dict[str, Any]]] = [
+    chain_throughput, chain_latency, startup_teardown, crash_teardown, parallel_branches,
+]
+
+
+def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    host = Host()
+    missing = [t for t in PROBE_TYPES if t not in host.registry.node_types]
+    if missing:
+        return [{"scenario": "runtime", "skipped": "install plugins/nodehost-testnodes "
+                                                   f"(missing {', '.join(missing)})"}]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="nodehost-bench-") as tmp:
+        Path(tmp).chmod(0o755)
+        for scenario in SCENARIOS:
+            if progress:
+                progress(scenario.__name__)
+            results.append(scenario(host, Path(tmp)))
+    host.close()
+    return results
