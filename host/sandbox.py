@@ -23,13 +23,14 @@ import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from nodehost.errors import NodehostError
 
 __all__ = [
     "EXIT_MEMORY_LIMIT",
     "EXIT_PARENT_GONE",
+    "KernelSupport",
     "SandboxError",
     "SandboxPlan",
     "apply",
@@ -235,13 +236,26 @@ def _seccomp_module() -> Any:
     return pyseccomp
 
 
+class KernelSupport(TypedDict):
+    """What :func:`probe` found: which layers :func:`apply` can enforce here."""
+
+    landlock_abi: int  # 0 = no Landlock
+    landlock_fs: bool
+    landlock_net: bool  # TCP bind/connect rules (ABI >= 4)
+    landlock_scope: bool  # signal and abstract unix socket scoping (ABI >= 6)
+    seccomp: bool
+    root: bool
+    rlimits: dict[str, tuple[int, int]]  # (soft, hard) at the first probe, -1 = unlimited
+
+
 @functools.cache
-def probe() -> dict[str, object]:
+def probe() -> KernelSupport:
     """What this kernel and this Python offer, computed once per process."""
     seccomp = _seccomp_module() is not None
     if seccomp:
-        # -1 (EINVAL) without CONFIG_SECCOMP; 2 in strict mode, where no filter can be added.
-        seccomp = _libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) == 0
+        # -1 (EINVAL) without CONFIG_SECCOMP; 2 when filters are installed already (a container
+        # runtime's): ours stacks on top of them.
+        seccomp = _libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) != -1
     abi = _landlock_abi()
     return {
         "landlock_abi": abi,

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -150,6 +151,15 @@ def thread(_: str) -> str:
     return str(len(box))
 
 
+def raise_rlimit(_: str) -> None:
+    # Root keeps uid 0 but no capability: the memory limit cannot be lifted from inside.
+    limit = resource.RLIM_INFINITY
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    except ValueError as exc:  # Python reports EPERM from setrlimit as ValueError
+        raise OSError(errno.EPERM, str(exc)) from None
+
+
 def env(name: str) -> str:
     return os.environ.get(name, "<unset>")
 
@@ -157,7 +167,7 @@ def env(name: str) -> str:
 ACTIONS: dict[str, Callable[[str], str | None]] = {
     f.__name__: f
     for f in (tcp, inet, inet6, unix_pair, abstract_unix, write, read, listdir, kill, ptrace,
-              vm_readv, numpy_work, alloc, iceoryx2, fork, run_true, thread, env)
+              vm_readv, numpy_work, alloc, iceoryx2, fork, run_true, thread, raise_rlimit, env)
 }
 
 
