@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from nodehost.errors import ConfigError, Issue
-from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy
+from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy, check_pattern
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CAPACITY = 16 * 1024 * 1024
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 
 
@@ -31,12 +32,18 @@ class _Strict(BaseModel):
 
 
 class NodeConfig(_Strict):
-    id: str = Field(pattern=NODE_ID)
+    id: str = Field(json_schema_extra={"pattern": NODE_ID})
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
     sandbox: SandboxPolicy | None = Field(
         default=None, description="extra grants from the operator, merged with the manifest's"
     )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, node_id: str) -> str:
+        return check_pattern(node_id, NODE_ID, "a valid node id (letters, digits, _ and -, not "
+                                               "starting with a digit or -)")
 
 
 class Connection(_Strict):
@@ -68,11 +75,17 @@ class Connection(_Strict):
 
 
 class PipelineConfig(_Strict):
-    name: str = Field(default="pipeline", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="pipeline", json_schema_extra={"pattern": PIPELINE_NAME})
     max_processes: int | None = Field(default=None, gt=0)
     init_timeout_s: float = Field(default=300.0, gt=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return check_pattern(name, PIPELINE_NAME, "a valid pipeline name (letters, digits, "
+                                                  "_ . and -)")
 
 
 # --------------------------------------------------------------------------- loading

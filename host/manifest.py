@@ -28,6 +28,20 @@ SEMVER = re.compile(
 )
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENTRYPOINT = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$"
+PYTHON_VERSION = r"^3\.\d+$"
+
+
+def check_pattern(value: str, pattern: str, what: str) -> str:
+    """``value`` if it matches ``pattern`` as a whole, else an error saying what was expected.
+
+    Used instead of ``Field(pattern=...)``, whose message shows the raw regex; the pattern
+    still goes into the JSON Schema through ``json_schema_extra``.
+    """
+    if not re.fullmatch(pattern, value):
+        raise PydanticCustomError(
+            "pattern", "{value} is not {what}", {"value": repr(value), "what": what}
+        )
+    return value
 
 
 class DataType(StrEnum):
@@ -207,15 +221,21 @@ class SandboxPolicy(_Strict):
 class RuntimeSpec(_Strict):
     """A node's own Python environment, built and cached by the host."""
 
-    python: str = Field(pattern=r"^3\.\d+$")
+    python: str = Field(json_schema_extra={"pattern": PYTHON_VERSION})
     requirements: list[str] = Field(default_factory=list)
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, python: str) -> str:
+        return check_pattern(python, PYTHON_VERSION, 'a Python version like "3.12"')
 
 
 class NodeManifest(_Strict):
-    node_type: str = Field(pattern=IDENTIFIER)
+    node_type: str = Field(json_schema_extra={"pattern": IDENTIFIER})
     version: str
     description: str = ""
-    entrypoint: str = Field(pattern=ENTRYPOINT, description='"package.module:Class"')
+    entrypoint: str = Field(json_schema_extra={"pattern": ENTRYPOINT},
+                            description='"package.module:Class"')
     inputs: dict[str, PortSpec] = Field(default_factory=dict)
     outputs: dict[str, PortSpec] = Field(default_factory=dict)
     params: dict[str, ParamSpec] = Field(default_factory=dict)
@@ -223,10 +243,21 @@ class NodeManifest(_Strict):
     sandbox: SandboxPolicy = Field(default_factory=SandboxPolicy)
     runtime: RuntimeSpec | None = None
 
+    @field_validator("node_type")
+    @classmethod
+    def _node_type(cls, node_type: str) -> str:
+        return check_pattern(node_type, IDENTIFIER,
+                             "a valid node type (letters, digits and _, not starting with a digit)")
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, entrypoint: str) -> str:
+        return check_pattern(entrypoint, ENTRYPOINT, 'of the form "package.module:Class"')
+
     @field_validator("version")
     @classmethod
     def _semver(cls, version: str) -> str:
-        if not SEMVER.match(version):
+        if not SEMVER.fullmatch(version):
             raise PydanticCustomError(
                 "semver", "{version} is not a semantic version (e.g. 1.0.0)",
                 {"version": repr(version)},
@@ -237,7 +268,7 @@ class NodeManifest(_Strict):
     @classmethod
     def _port_names(cls, ports: dict[str, Any]) -> dict[str, Any]:
         for name in ports:
-            if not re.match(IDENTIFIER, name):
+            if not re.fullmatch(IDENTIFIER, name):
                 raise PydanticCustomError(
                     "name", "{name} is not a valid name (letters, digits, _)", {"name": repr(name)}
                 )

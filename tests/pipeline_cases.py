@@ -125,7 +125,10 @@ BAD_CONFIGS: list[Any] = [
                  ["nodes[3].id: duplicate node id 'gain' (first used at nodes[1])"],
                  id="duplicate-id"),
     pytest.param(_set("nodes.0.id", "1mic"),
-                 ["nodes[0].id: String should match pattern"], id="bad-node-id"),
+                 ["nodes[0].id: '1mic' is not a valid node id (letters, digits, _ and -, not "
+                  "starting with a digit or -)"], id="bad-node-id"),
+    pytest.param(_set("name", "my demo"),
+                 ["name: 'my demo' is not a valid pipeline name"], id="bad-pipeline-name"),
     pytest.param(_set("nodes.3.sandbox", {"fs_write": ["out.wav"]}),
                  ["nodes[3].sandbox.fs_write: sandbox paths must be absolute: 'out.wav'"],
                  id="sandbox-relative-path"),
