@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+import nodehost
 from nodehost.errors import NodehostError
 
 __all__ = [
@@ -455,14 +456,14 @@ def _drop_capabilities() -> bool:
 
 def _landlock_paths(plan: SandboxPlan) -> list[tuple[str, int]]:
     """(path, rights) pairs for the ruleset, most general first."""
-    import nodehost
-
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     # '' and the working directory are on sys.path under `python -m`; they may be anything
     # (a home directory), so they are not granted. The host runs nodes with cwd=tmp_dir.
     cwd = os.getcwd()
     python.update(p for p in sys.path if p and os.path.abspath(p) != cwd)
-    python.add(os.path.dirname(os.path.dirname(os.path.abspath(nodehost.__file__))))
+    # An editable install serves nodehost from the source tree through an import hook, not a
+    # sys.path entry: grant the package directory itself (not the whole checkout).
+    python.add(os.path.dirname(os.path.abspath(nodehost.__file__)))
     rules: list[tuple[str, int]] = [(p, _FS_READ_EXEC) for p in sorted(python)]
     # System libraries and the few /etc files the C library reads (not /etc as a whole).
     rules += [(p, _FS_READ_EXEC) for p in ("/usr", "/lib", "/lib64", "/bin", "/sbin")]

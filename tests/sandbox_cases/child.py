@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -186,7 +185,6 @@ def main() -> None:
         except OSError as exc:
             results[action] = f"OSError:{errno.errorcode.get(exc.errno or 0, exc.errno)}"
     print(json.dumps(results), flush=True)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":
