@@ -284,10 +284,10 @@ def preexec(expected_parent: int | None = None) -> None:
     ``expected_parent`` closes the race where the host died before the signal was armed.
     """
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    # A session of its own: the terminal's Ctrl-C reaches only the host, which stops nodes in
-    # order, and the host can kill a node's whole process group. Popen(start_new_session=True)
-    # may have done it already.
-    if os.getsid(0) != os.getpid():
+    # A process group of its own: the terminal's Ctrl-C reaches only the host, which stops
+    # nodes in order, and the host can kill a node's whole group. Popen(process_group=0) or
+    # start_new_session=True may have done it already (setsid would then fail with EPERM).
+    if os.getpgid(0) != os.getpid():
         os.setsid()
     if expected_parent is not None:
         ensure_parent(expected_parent)

@@ -300,6 +300,15 @@ def test_child_dies_with_its_parent(mode: str) -> None:
         spawner.stdout.close()
 
 
+@pytest.mark.parametrize("group", [{}, {"process_group": 0}, {"start_new_session": True}])
+def test_preexec_works_however_the_host_groups_its_children(group: dict[str, Any]) -> None:
+    code = ("import os; from nodehost import sandbox; sandbox.preexec(os.getppid()); "
+            "print(os.getpgid(0) == os.getpid())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, **group)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "True"), proc.stderr
+
+
 def test_ensure_parent_exits_when_the_host_is_gone() -> None:
     proc = subprocess.run([sys.executable, "-c",
                            "from nodehost import sandbox; sandbox.ensure_parent(1)"], timeout=60)
