@@ -375,13 +375,14 @@ def _create_granted_files(paths: Iterable[str]) -> None:
     for path in paths:
         if os.path.lexists(path):
             continue
-        parent = os.path.dirname(path.rstrip("/"))
-        if not os.path.isdir(parent):
-            continue  # nothing to attach a rule to; the node's write fails and names the path
-        if path.endswith("/"):
-            os.mkdir(path, 0o700)
-        else:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        # A missing parent or an unwritable directory leaves nothing to attach a rule to: the
+        # grant is skipped, and the node's own write fails naming the path.
+        with contextlib.suppress(OSError):
+            if path.endswith("/"):
+                os.mkdir(path, 0o700)
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                os.close(os.open(path, flags, 0o600))
 
 
 def _apply_rlimits(plan: SandboxPlan) -> list[str]:
@@ -419,13 +420,10 @@ def _lower_rlimit(which: int, value: int) -> None:
 
 def _private_memory_bytes() -> int | None:
     """VmData of this process: exactly what RLIMIT_DATA is compared with."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmData:"):
-                    return int(line.split()[1]) << 10
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) << 10
     return None
 
 
