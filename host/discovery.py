@@ -192,7 +192,10 @@ class Registry:
         key = f"{name}:{entry_point}" if entry_point else name
         try:
             pm.register(plugin, name=key)
-        except Exception as exc:
+        except ValueError as exc:  # already registered: the first line says so, then a dump
+            self._fail(name, f"invalid plugin: {str(exc).splitlines()[0]}", entry_point)
+            return
+        except Exception as exc:  # pluggy's validation: its last line names the problem
             self._fail(name, f"invalid plugin: {_describe(exc)}", entry_point)
             return
         callers = pm.get_hookcallers(plugin) or []

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import tomli_w
 import yaml
-
 from nodehost.config import (
     DEFAULT_CAPACITY,
     Endpoint,

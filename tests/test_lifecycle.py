@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from nodehost.errors import ChannelError, IllegalTransition, SessionError
 from nodehost.lifecycle import (
     ChannelState,
@@ -193,8 +192,8 @@ def test_a_node_is_never_publisher_and_subscriber_of_one_channel(first: Role) ->
     smap = session_map()
     second = Role.SUBSCRIBER if first is Role.PUBLISHER else Role.PUBLISHER
     bind(smap, "gain", "out" if first is Role.PUBLISHER else "in", "gain.out", first)
-    with pytest.raises(SessionError, match="node 'gain' cannot be both publisher and "
-                                           "subscriber of channel 'gain.out'"):
+    with pytest.raises(SessionError, match=r"node 'gain' cannot be both publisher and "
+                                           r"subscriber of channel 'gain\.out'"):
         bind(smap, "gain", "in" if first is Role.PUBLISHER else "out", "gain.out", second)
     assert len(smap.bindings) == 1
 
@@ -202,7 +201,7 @@ def test_a_node_is_never_publisher_and_subscriber_of_one_channel(first: Role) ->
 def test_one_publisher_per_channel() -> None:
     smap = session_map()
     bind(smap, "src", "out", "src.out", Role.PUBLISHER)
-    with pytest.raises(SessionError, match="channel 'src.out' already has a publisher"):
+    with pytest.raises(SessionError, match=r"channel 'src\.out' already has a publisher"):
         bind(smap, "gain", "out", "src.out", Role.PUBLISHER)
 
 
@@ -242,5 +241,5 @@ def test_duplicate_process_and_channel_rejected() -> None:
     smap = session_map()
     with pytest.raises(SessionError, match="node 'gain' already has a process"):
         smap.add_process(NodeProcess("gain", "Gain"))
-    with pytest.raises(SessionError, match="channel 'src.out' already exists"):
+    with pytest.raises(SessionError, match=r"channel 'src\.out' already exists"):
         smap.add_channel(SharedMemoryChannel("src.out", 1024))
