@@ -6,7 +6,8 @@
     ├── IllegalTransition      a lifecycle or channel state change the model forbids
     ├── WireFormatError        a RuntimeData header or payload that must not be trusted
     ├── ChannelError           a data-plane failure (closed channel, payload too big, ...)
-    └── SessionError           a session could not start or was misused
+    ├── SessionError           a session could not start or was misused
+    └── SandboxError           a sandbox plan that cannot be honoured (nodehost.sandbox)
 """
 
 from __future__ import annotations

@@ -526,10 +526,7 @@ class Host:
     def node_env(self, tmp_dir: str) -> dict[str, str]:
         from nodehost.sandbox import scrubbed_env
 
-        env = scrubbed_env(self._extra_env)
-        env["TMPDIR"] = tmp_dir
-        env["HOME"] = tmp_dir
-        return env
+        return scrubbed_env(self._extra_env, tmp_dir=tmp_dir)
 
     def _forget(self, session: Session) -> None:
         with self._lock:
