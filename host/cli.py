@@ -43,6 +43,10 @@ def _node_summary(node_type: NodeType) -> dict[str, Any]:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
+    import logging
+
+    # The listing reports plugin problems itself: discovery's warnings would repeat them.
+    logging.getLogger("nodehost.discovery").setLevel(logging.ERROR)
     registry = _registry()
     types = sorted(registry.node_types.values(), key=lambda t: t.name)
     if args.json:
@@ -91,7 +95,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     registry = _registry()
-    pipeline = validate_pipeline(config, registry.node_types)
+    try:
+        pipeline = validate_pipeline(config, registry.node_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
     return EXIT_OK
