@@ -113,8 +113,8 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 class ParamSpec(_Strict):
     """One parameter of a node type.
 
-    Left out, a param is optional and ``None`` unless it has a ``default``; ``required: true``
-    makes the pipeline config name it.
+    Unless ``required``, a param may be left out of a pipeline config; it then takes its
+    ``default``, or None.
     """
 
     type: ParamType
