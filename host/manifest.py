@@ -319,7 +319,7 @@ class NodeManifest(_Strict):
             if not spec.required and spec.default is None:
                 annotation = annotation | None
             fields[name] = (annotation, Field(default, **constraints))
-        model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        model: type[BaseModel] = create_model(
             f"{self.node_type}Params",
             __config__=ConfigDict(extra="forbid", strict=False, frozen=True),
             **fields,
