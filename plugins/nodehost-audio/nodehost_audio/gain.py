@@ -1,0 +1,18 @@
+"""Gain: multiply audio by a constant factor."""
+
+from __future__ import annotations
+
+import nodehost
+import numpy as np
+
+from nodehost_audio._audio import audio_format, frames_of, make_audio
+
+
+class Gain(nodehost.Node):
+    def process(self, data: nodehost.RuntimeData, port: str) -> nodehost.RuntimeData:
+        rate, _channels = audio_format(data)
+        # The input is a read-only view onto shared memory: the product is a new array.
+        out = frames_of(data) * np.float32(self.params.gain)
+        if self.params.clip:
+            np.clip(out, -1.0, 1.0, out=out)
+        return make_audio(out, rate)

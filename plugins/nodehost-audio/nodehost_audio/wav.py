@@ -1,0 +1,118 @@
+"""WavSource reads a WAV/FLAC file in chunks; WavSink writes what it receives to a file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import nodehost
+import numpy as np
+import soundfile as sf
+
+from nodehost_audio._audio import audio_format, frames_of, make_audio, ms_to_frames
+
+
+class WavSource(nodehost.Node):
+    """Emits a sound file as float32 chunks of ``chunk_ms``, then ends the stream."""
+
+    def initialize(self) -> None:
+        # Open (and so validate) the file now: a missing or unreadable file should fail
+        # initialization, before the session starts, not halfway through it.
+        self._file: sf.SoundFile | None = sf.SoundFile(self.params.path)
+        info = self._file
+        self.logger.info("%s: %d Hz, %d ch, %.2f s", self.params.path, info.samplerate,
+                         info.channels, info.frames / info.samplerate)
+
+    def generate(self) -> Iterator[nodehost.RuntimeData]:
+        f = self._file
+        assert f is not None, "initialize() opens the file"
+        rate, channels = f.samplerate, f.channels
+        downmix = self.params.mono and channels > 1
+        block = ms_to_frames(self.params.chunk_ms, rate)
+        start = time.monotonic()
+        sent = 0
+        while True:
+            if self.params.realtime:
+                # Pace against the stream position, not per chunk, so delays never accumulate.
+                delay = start + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            remaining = f.frames - f.tell() if f.seekable() else block
+            frames = min(block, remaining)
+            if frames <= 0:
+                break
+            if self.can_loan and not downmix:
+                # Zero-copy: libsndfile decodes straight into the shared-memory sample.
+                with self.loan_audio("out", frames, rate, channels) as buf:
+                    got = f.read(frames, dtype="float32", always_2d=True,
+                                 out=np.asarray(buf).reshape(frames, channels))
+                n = len(got)
+            else:
+                chunk = f.read(frames, dtype="float32", always_2d=True)
+                n = len(chunk)
+                if n == 0:
+                    break
+                if downmix:
+                    chunk = chunk.mean(axis=1, keepdims=True, dtype=np.float32)
+                yield make_audio(chunk, rate)
+            sent += n
+            if n < frames:
+                break
+
+    def cleanup(self) -> None:
+        f: Any = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+            self._file = None
+
+
+class WavSink(nodehost.Node):
+    """Writes its input to ``path`` at the rate and channel count of the first chunk.
+
+    The file is opened on the first chunk (the rate is only known then) and finalized (the
+    WAV header's sizes written) at end of stream, or in ``cleanup()`` when the session stops
+    early, so an interrupted run still leaves a playable file.
+    """
+
+    def initialize(self) -> None:
+        self._file: sf.SoundFile | None = None
+        self._format: tuple[int, int] | None = None
+        self.frames_written = 0
+
+    def _open(self, rate: int, channels: int) -> sf.SoundFile:
+        # Written in place (no temp file + rename): the sandbox grants exactly this path.
+        return sf.SoundFile(self.params.path, "w", samplerate=rate, channels=channels,
+                            subtype=self.params.subtype)
+
+    def process(self, data: nodehost.RuntimeData, port: str) -> None:
+        fmt = audio_format(data)
+        if self._file is None:
+            self._file = self._open(*fmt)
+            self._format = fmt
+        elif fmt != self._format:
+            (rate, channels), (was_rate, was_channels) = fmt, self._format or fmt
+            raise ValueError(
+                f"WavSink got {rate} Hz/{channels} ch after {was_rate} Hz/{was_channels} ch; "
+                "a file has one format: insert a Resample node before it"
+            )
+        frames = frames_of(data)
+        self._file.write(frames)
+        self.frames_written += len(frames)
+
+    def end_of_stream(self, port: str) -> None:
+        if self._file is None:
+            # Nothing arrived: still leave a valid (empty) file rather than a 0-byte one.
+            self.logger.warning("no audio received; writing an empty file to %s",
+                                self.params.path)
+            self._file = self._open(self.params.empty_sample_rate, 1)
+        self._close()
+
+    def cleanup(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+            self._file = None
