@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from nodehost.errors import ConfigError, Issue
+from nodehost.errors import ConfigError, Issue, pydantic_issues
+from nodehost.errors import format_loc as format_loc  # re-exported
 from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy, check_pattern
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from nodehost.discovery import NodeType
 
 DEFAULT_CAPACITY = 16 * 1024 * 1024
+# libyaml's loader when PyYAML was built with it: several times faster than the pure-Python one
+YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
@@ -90,27 +93,6 @@ class PipelineConfig(_Strict):
 
 # --------------------------------------------------------------------------- loading
 
-def format_loc(loc: Iterable[int | str]) -> str:
-    """``("nodes", 2, "params", "x")`` → ``nodes[2].params.x``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def pydantic_issues(exc: ValidationError, prefix: str = "") -> list[Issue]:
-    issues = []
-    for err in exc.errors():
-        loc = format_loc(err["loc"])
-        if prefix:
-            loc = f"{prefix}.{loc}" if loc else prefix
-        issues.append(Issue(loc, err["msg"]))
-    return issues
-
-
 def load_document(path: str | Path) -> Any:
     """Read a YAML, JSON or TOML file; any problem becomes a ConfigError naming the file."""
     path = Path(path)
@@ -129,7 +111,7 @@ def load_document(path: str | Path) -> Any:
             return json.loads(text)
         if suffix == ".toml":
             return tomllib.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YAML_LOADER)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             Issue(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}"),

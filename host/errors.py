@@ -12,7 +12,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pydantic is not imported here: errors must stay cheap to import
+    from pydantic import ValidationError
 
 
 class NodehostError(Exception):
@@ -28,6 +33,28 @@ class Issue:
 
     def __str__(self) -> str:
         return f"{self.loc}: {self.message}" if self.loc else self.message
+
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    """``("nodes", 2, "params", "x")`` → ``nodes[2].params.x``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def pydantic_issues(exc: ValidationError, prefix: str = "") -> list[Issue]:
+    """One located Issue per error of a pydantic ValidationError."""
+    issues = []
+    for err in exc.errors():
+        loc = format_loc(err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        issues.append(Issue(loc, err["msg"]))
+    return issues
 
 
 class ConfigError(NodehostError):
