@@ -118,7 +118,10 @@ def load_document(path: str | Path) -> Any:
             source=source,
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+        # tomllib puts the position at the end of its message: "... (at line 3, column 12)"
+        at = re.search(r"^(.*) \(at (line \d+, column \d+)\)$", str(exc))
+        issue = Issue(at[2], f"invalid TOML: {at[1]}") if at else Issue("", f"invalid TOML: {exc}")
+        raise ConfigError(issue, source=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

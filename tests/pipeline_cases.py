@@ -204,7 +204,7 @@ BAD_FILES: list[Any] = [
     pytest.param("bad.json", '{\n  "name": "x",\n  "nodes": [,]\n}\n',
                  ["line 3, column 13", "invalid JSON"], id="json-syntax"),
     pytest.param("bad.toml", 'name = "x"\nnodes = [\n{ id = "a" type = "Mic" }]\n',
-                 ["invalid TOML", "line 3, column 12"], id="toml-syntax"),
+                 ["bad.toml: line 3, column 12: invalid TOML: "], id="toml-syntax"),
     pytest.param("missing.yaml", None, ["file not found:", "missing.yaml"], id="missing-file"),
     pytest.param("adir.yaml", "<dir>", ["is a directory, not a config file"], id="directory"),
     pytest.param("empty.yaml", "", ["a pipeline config must be a mapping, got an empty "
