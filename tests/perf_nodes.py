@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixture_dists import environment_plugins, pip_install  # noqa: E402
+from fixture_dists import environment_plugins, pip_install
 
 PYPROJECT = """\
 [build-system]
