@@ -1,0 +1,3 @@
+from audio_harness import make
+
+__all__ = ["make"]
