@@ -1,0 +1,18 @@
+"""The nodehost plugin of nodehost-speech: it only points the host at the manifests.
+
+Node code is never imported here: the host reads manifests, and each node's entrypoint is
+imported only inside that node's own sandboxed process.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
+import nodehost
+
+
+@nodehost.hookimpl
+def nodehost_node_manifests() -> list[Traversable]:
+    folder = files("nodehost_speech") / "manifests"
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)

@@ -1,0 +1,3 @@
+from speech_harness import make
+
+__all__ = ["make"]
