@@ -27,7 +27,10 @@ _LAZY = {
     "SessionResult": "nodehost.session",
 }
 
-__all__ = ["__version__", "hookimpl", *sorted(_LAZY)]
+__all__ = [
+    "Connection", "Host", "Node", "NodeConfig", "NodeManifest", "PipelineConfig",
+    "ProcessStatus", "RuntimeData", "Session", "SessionResult", "__version__", "hookimpl",
+]
 
 if TYPE_CHECKING:
     from nodehost.config import Connection, NodeConfig, PipelineConfig

@@ -6,6 +6,7 @@ repeated sessions, measured from the session's own events or the sink's own cloc
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import tempfile
@@ -29,7 +30,7 @@ def _chain(out: Path, count: int, payload: int, middle: int, *, interval_ms: flo
                   "sandbox": {"fs_write": [str(out)]}})
     ids = [n["id"] for n in nodes]
     return {"name": name, "nodes": nodes,
-            "connections": [{"from": a, "to": b} for a, b in zip(ids, ids[1:], strict=False)]}
+            "connections": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)]}
 
 
 def _run_summary(host: Host, config: dict[str, Any], out: Path) -> dict[str, Any]:

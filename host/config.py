@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
 from nodehost.errors import ConfigError, Issue, pydantic_issues
 from nodehost.errors import format_loc as format_loc  # re-exported
 from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy, check_pattern
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from nodehost.discovery import NodeType

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 
 import pluggy
 import yaml
+from pydantic import ValidationError
+
 from nodehost import hookspecs
 from nodehost.errors import DiscoveryError, pydantic_issues
 from nodehost.manifest import NodeManifest
-from pydantic import ValidationError
 
 ENTRY_POINT_GROUP = "nodehost"
 DISABLE_ENV = "NODEHOST_DISABLE_PLUGINS"  # comma-separated distribution or entry-point names

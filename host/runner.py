@@ -47,7 +47,7 @@ class ControlLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.runner.report("log", level=record.levelname, message=self.format(record))
-        except Exception:  # noqa: BLE001 - logging must never raise into node code
+        except Exception:
             self.handleError(record)
 
 
@@ -203,7 +203,7 @@ def run_node(runner: Runner) -> int:
             memory_mb=launch.memory_mb,
             plugin_paths=tuple(launch.plugin_paths),
         ))
-    except Exception as exc:  # noqa: BLE001 - reported to the host, which ends the session
+    except Exception as exc:
         runner.report("error", stage="setup", error=describe(exc),
                       traceback=traceback.format_exc())
         return EXIT_RUNNER_ERROR
@@ -222,7 +222,7 @@ def run_node(runner: Runner) -> int:
             runner.resolve(node.initialize())
         except Stopped:
             raise
-        except BaseException as exc:  # noqa: BLE001 - node code may raise anything
+        except BaseException as exc:
             return io.fail("initialize", exc)
         runner.set_status("Ready")
         runner.check_control(block=True)
@@ -234,7 +234,7 @@ def run_node(runner: Runner) -> int:
             io.finish()
         except Stopped:
             raise
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             return io.fail("process" if readers else "generate", exc)
         runner.stats(force=True)
         runner.report("done")
@@ -302,7 +302,7 @@ class NodeIO:
         open_ports = dict(self.readers)
         sock_fd = runner.sock.fileno()
         while open_ports:
-            ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
+            _ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
                                          timeout=STATS_INTERVAL_S)
             if fds:
                 runner.check_control()
@@ -342,7 +342,7 @@ class NodeIO:
         try:
             if runner.node is not None:
                 runner.resolve(runner.node.cleanup())
-        except Exception:  # noqa: BLE001, S110 - the first error is the one that matters
+        except Exception:
             pass
         return EXIT_NODE_ERROR
 
@@ -350,7 +350,7 @@ class NodeIO:
         try:
             if self.runner.node is not None:
                 self.runner.resolve(self.runner.node.cleanup())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.runner.report("log", message=f"cleanup failed: {describe(exc)}")
 
 

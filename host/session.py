@@ -173,7 +173,7 @@ class Session:
         if listener is not None:
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - an observer never breaks the session
+            except Exception:
                 log.exception("event listener failed")
 
     def _memory(self, child: _Child) -> int | None:
@@ -212,7 +212,7 @@ class Session:
             launch.tmp_dir = tmp_dir
             launch.host_pid = os.getpid()
             host_end, node_end = control.pair()
-            popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            popen = subprocess.Popen(
                 [self.python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
                 env=self.host.node_env(tmp_dir),
@@ -234,7 +234,7 @@ class Session:
     def _supervise(self) -> None:
         try:
             self._spawn_all()
-        except BaseException as exc:  # noqa: BLE001 - becomes a SessionError for the caller
+        except BaseException as exc:
             self._spawn_error = exc
             self._kill_all()
             self._reap_all()
@@ -246,7 +246,7 @@ class Session:
             self._status_event(child)
         try:
             self._loop()
-        except BaseException as exc:  # noqa: BLE001 - a supervisor bug must not leak processes
+        except BaseException as exc:
             log.exception("supervisor failed")
             self._fail(None, f"nodehost supervisor error: {exc!r}")
             self._kill_all()

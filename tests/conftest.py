@@ -7,6 +7,7 @@ iceoryx2 shared-memory files: a leak fails the test that caused it.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +49,7 @@ def probe_chain(out: Path, *, count: int = 50, payload: int = 1024, name: str = 
          "sandbox": {"fs_write": [str(out)]}},
     ]
     ids = [n["id"] for n in nodes]
-    connections = [{"from": a, "to": b} for a, b in zip(ids, ids[1:], strict=False)]
+    connections = [{"from": a, "to": b} for a, b in itertools.pairwise(ids)]
     return {"name": name, "nodes": nodes, "connections": connections, **extra}
 
 

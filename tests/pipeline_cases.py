@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from nodehost.discovery import NodeType
 from nodehost.manifest import NodeManifest
 

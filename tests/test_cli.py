@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 from fixture_dists import Installed, installed
-from nodehost.cli import build_parser
 from pipeline_cases import BAD_CONFIGS, BAD_FILES, VALID, Edit, edited, make_file
+
+from nodehost.cli import build_parser
 
 __all__ = ["installed"]  # the session fixture, used by name
 

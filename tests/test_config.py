@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import tomli_w
 import yaml
+from pipeline_cases import BAD_CONFIGS, BAD_FILES, VALID, Edit, catalog_types, edited, make_file
+
 from nodehost.config import (
     DEFAULT_CAPACITY,
     Endpoint,
@@ -21,7 +23,6 @@ from nodehost.config import (
     validate_pipeline,
 )
 from nodehost.errors import ConfigError
-from pipeline_cases import BAD_CONFIGS, BAD_FILES, VALID, Edit, catalog_types, edited, make_file
 
 TYPES = catalog_types()
 

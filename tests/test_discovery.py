@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import nodehost
 import pytest
 import yaml
 from fixture_dists import FIXTURE_PLUGINS, Installed, installed
+
+import nodehost
 from nodehost.discovery import (
     DISABLE_ENV,
     HOOK_TIMEOUT_S,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from nodehost.errors import ChannelError, IllegalTransition, SessionError
 from nodehost.lifecycle import (
     ChannelState,

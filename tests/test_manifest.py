@@ -6,9 +6,10 @@ import copy
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
+
 from nodehost.config import pydantic_issues
 from nodehost.manifest import NodeManifest, ParamSpec, PortSpec, SandboxPolicy
-from pydantic import BaseModel, ValidationError
 
 BASE: dict[str, Any] = {
     "node_type": "Gain",

@@ -3,6 +3,7 @@ installed through entry points (nodehost-testnodes)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,12 @@ def test_healthy_chain_delivers_everything_in_order(host: Any, tmp_out: Path) ->
     assert set(pids) == {"src", "fwd", "sink"}
     assert len(set(pids.values())) == 3, "one process per node"
     for event in status_events:
-        assert REQUIRED_STATUS_KEYS <= event.keys()
+        assert event.keys() >= REQUIRED_STATUS_KEYS
         assert isinstance(event["memory_usage"], int) and event["memory_usage"] > 0
     for node in pids:
         seen = statuses(events, node)
         assert seen[0] == "Idle" and seen[-1] == "Stopped"
-        for before, after in zip(seen, seen[1:], strict=False):
+        for before, after in itertools.pairwise(seen):
             assert ProcessStatus(before).can_become(ProcessStatus(after)) or before == after
         assert "Ready" in seen
     assert events[-1]["event"] == "session_end" and events[-1]["ok"] is True

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from nodehost import sandbox
 
 CASES = Path(__file__).parent / "sandbox_cases"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from nodehost.cli import SCHEMA_FILES, schemas
 
 SCHEMA_DIR = Path(__file__).parents[1] / "manifests" / "schema"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import iceoryx2 as iox2
 import numpy as np
+
 from nodehost import sandbox
 
 iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
