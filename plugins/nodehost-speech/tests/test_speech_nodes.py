@@ -179,3 +179,22 @@ def test_speech_to_speech_round_trip(make: Callable[..., Harness], spoken: np.nd
     text = " ".join(d.as_text() for d in again)
     assert "said" in text.lower(), text
     assert len(keywords_heard(text, KEYWORDS)) >= 3, text
+
+
+def test_split_text_bounds_each_piece() -> None:
+    from nodehost_speech.tts import split_text
+
+    assert split_text("  Short   one.  ", 250) == ["Short one."]
+    assert split_text("   ", 250) == []
+    long = ", ".join(f"clause number {i} goes here" for i in range(30)) + "."
+    pieces = split_text(long, 100)
+    assert all(len(p) <= 100 for p in pieces) and len(pieces) > 5
+    assert " ".join(pieces) == long  # nothing lost or reordered
+    assert split_text("a" * 30 + " " + "b" * 30, 20) == ["a" * 30, "b" * 30]  # overlong words
+
+
+def test_piper_speaks_a_run_on_sentence_in_bounded_pieces(make: Callable[..., Harness]) -> None:
+    text = ", ".join(["the fox went to the library on a sunny Tuesday"] * 8) + "."
+    out = make("PiperTTS", max_chars=120).feed([nodehost.RuntimeData.text(text)])
+    assert len(out) >= 4
+    assert all(len(d.as_array()) / 22050 < 10 for d in out)
