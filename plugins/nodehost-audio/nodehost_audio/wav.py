@@ -45,9 +45,9 @@ class WavSource(nodehost.Node):
             if self.can_loan and not downmix:
                 # Zero-copy: libsndfile decodes straight into the shared-memory sample.
                 with self.loan_audio("out", frames, rate, channels) as buf:
-                    got = f.read(frames, dtype="float32", always_2d=True,
-                                 out=np.asarray(buf).reshape(frames, channels))
-                n = len(got)
+                    view = np.asarray(buf).reshape(frames, channels)
+                    n = len(f.read(frames, dtype="float32", always_2d=True, out=view))
+                    view[n:] = 0  # a file shorter than its header said: no stale bytes out
             else:
                 chunk = f.read(frames, dtype="float32", always_2d=True)
                 n = len(chunk)

@@ -64,7 +64,8 @@ class SileroVAD(nodehost.Node):
         return out
 
     def _window(self, window: np.ndarray) -> list[nodehost.RuntimeData]:
-        prob = self._vad.process_samples(window)
+        # The extension takes a sequence of floats; a list converts once, in C.
+        prob = self._vad.process_samples(window.tolist())
         threshold = self.params.threshold
         if not self._in_speech:
             if prob >= threshold:
