@@ -1,0 +1,62 @@
+"""The demo pipeline (manifests/speech_to_speech.yaml) validates against these manifests, and
+the port constraints catch the mistakes they exist for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEMO = Path(__file__).resolve().parents[3] / "manifests" / "speech_to_speech.yaml"
+pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="runs inside the nodehost repository")
+
+
+def _demo() -> dict[str, Any]:
+    """The demo config with its relative paths made absolute against the config's folder
+    (what the host is to do for file-relative paths)."""
+    config: dict[str, Any] = yaml.safe_load(DEMO.read_text())
+    base = DEMO.parent
+    for node in config["nodes"]:
+        params, grants = node.get("params", {}), node.get("sandbox", {})
+        if "path" in params and not Path(params["path"]).is_absolute():
+            params["path"] = str(base / params["path"])
+        for key in ("fs_read", "fs_write"):
+            grants[key] = [p if Path(p).is_absolute() else str(base / p)
+                           for p in grants.get(key, [])]
+    return config
+
+
+def _validate(config: dict[str, Any]) -> Any:
+    from nodehost.config import load_config, validate_pipeline
+    from nodehost.discovery import discover
+
+    return validate_pipeline(load_config(config), discover().node_types)
+
+
+def test_demo_sample_exists_and_the_pipeline_validates() -> None:
+    config = _demo()
+    assert Path(config["nodes"][0]["params"]["path"]).is_file()
+    pipeline = _validate(config)
+    assert len(pipeline.nodes) == 8
+
+
+def test_resample_derives_its_output_rate_from_its_param() -> None:
+    from nodehost.errors import ConfigError
+
+    config = _demo()
+    next(n for n in config["nodes"] if n["id"] == "resample")["params"]["sample_rate"] = 8000
+    with pytest.raises(ConfigError, match=r"8000.*16000.*Resample"):
+        _validate(config)
+
+
+def test_tts_audio_cannot_go_straight_into_whisper() -> None:
+    from nodehost.errors import ConfigError
+
+    config = _demo()
+    config["connections"].append({"from": "tts.out", "to": "asr.in"})
+    config["connections"] = [c for c in config["connections"] if c["to"] != "asr.in"
+                             or c["from"] == "tts.out"]
+    with pytest.raises(ConfigError, match=r"22050.*16000"):
+        _validate(config)
