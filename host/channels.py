@@ -226,14 +226,17 @@ class ChannelWriter:
                 self.readers[token] = self.sequence  # joined now: owes nothing yet
             else:
                 self.readers[token] = max(self.readers.get(token, 0), next_seq)
-        slowest = min(self.readers.values(), default=self.sequence)
+        # A subscriber not heard from yet (its first ack may predate our ack subscriber)
+        # has consumed nothing, as far as we can prove.
+        unheard = self.service.dynamic_config.number_of_subscribers > len(self.readers)
+        slowest = 0 if unheard else min(self.readers.values(), default=self.sequence)
         while self._sizes and self._sizes[0][0] < slowest:
             self._outstanding_bytes -= self._sizes.popleft()[1]
 
     @property
     def reader_count(self) -> int:
-        self._drain_acks()
-        return len(self.readers)
+        """Readers connected now (subscribers of the data service)."""
+        return int(self.service.dynamic_config.number_of_subscribers)
 
     @property
     def occupancy(self) -> int:
@@ -243,7 +246,7 @@ class ChannelWriter:
 
     def _has_credit(self, nbytes: int) -> bool:
         self._drain_acks()
-        if len(self.readers) < self.expected_readers:
+        if self.reader_count < self.expected_readers:
             return False
         return not self._sizes or (len(self._sizes) < DEPTH
                                    and self._outstanding_bytes + nbytes <= self.capacity)
@@ -255,7 +258,8 @@ class ChannelWriter:
             remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if remaining <= 0:
                 raise ChannelError(f"channel {self.name!r}: timed out waiting for {what}")
-            self.ack_listener.timed_wait(_duration(remaining))
+            with contextlib.suppress(Exception):  # EINTR-like interruptions: just re-check
+                self.ack_listener.timed_wait(_duration(remaining))
             if self.abort_check is not None:
                 self.abort_check()
         self.blocked_s += time.monotonic() - started
@@ -270,7 +274,7 @@ class ChannelWriter:
                                f"to at least {need}")
         if self.backpressure:
             self._wait_for(lambda: self._has_credit(nbytes), "readers to catch up", None)
-        elif len(self.readers) < self.expected_readers:
+        elif self.reader_count < self.expected_readers:
             self._wait_for(lambda: self.reader_count >= self.expected_readers, "readers", None)
 
     def _loan(self, nbytes: int) -> Any:

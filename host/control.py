@@ -45,7 +45,9 @@ def receive(sock: socket.socket) -> dict[str, Any] | None:
     """One message, or None at EOF (the peer closed or died). Garbage is reported as such."""
     try:
         raw = sock.recv(MAX_MESSAGE)
-    except (ConnectionResetError, OSError):
+    except BlockingIOError:
+        raise  # a non-blocking caller asked "anything yet?": no, and the peer is fine
+    except OSError:
         return None
     if not raw:
         return None

@@ -105,7 +105,7 @@ def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunc
             node_id=node_id,
             node_type=manifest.node_type,
             entrypoint=manifest.entrypoint,
-            manifest=manifest.model_dump(mode="json"),
+            manifest=manifest.model_dump(mode="json", exclude_unset=True),
             params=node.params.model_dump(mode="json"),
             inputs=inputs[node_id],
             outputs=list(outputs[node_id].values()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import inspect
 import logging
@@ -190,8 +191,11 @@ def run_node(runner: Runner) -> int:
         plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
         writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
                                               backpressure=p.backpressure,
-                                              max_subscribers=max(p.subscribers, 1))
+                                              readers=p.subscribers,
+                                              session_id=launch.session_id)
                    for p in launch.outputs}
+        for writer in writers.values():  # a writer blocked on backpressure still obeys stop
+            writer.abort_check = runner.check_control
         readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
                                               backpressure=p.backpressure)
                    for p in launch.inputs}
@@ -369,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # `kill -USR1 <pid>` prints every thread's stack: how to see where a node hangs.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = _parse(argv)
     sock = socket.socket(fileno=args.control_fd)
     message = control.receive(sock)

@@ -199,7 +199,7 @@ class Session:
                 if error:
                     proc.error = error
         except IllegalTransition as exc:
-            log.warning("%s", exc)
+            log.debug("%s", exc)  # e.g. an error reported while already stopping
             return
         if not child.exited:
             proc.memory_usage = self._memory(child)
