@@ -338,7 +338,7 @@ class NodeIO:
         runner = self.runner
         if isinstance(exc, MemoryError):
             limit = runner.launch.memory_mb
-            runner.report("error", stage=stage, kind="memory",
+            runner.report("error", stage=stage, cause="memory",
                           error=f"memory limit exceeded ({limit} MiB): MemoryError",
                           traceback=node_traceback(exc))
             return sandbox.EXIT_MEMORY_LIMIT

@@ -243,6 +243,7 @@ class Session:
             return
         self._spawned.set()
         for child in self._children.values():
+            child.process.memory_usage = self._memory(child)
             self._status_event(child)
         try:
             self._loop()
@@ -340,7 +341,7 @@ class Session:
             child.done = True
         elif kind == "error":
             child.error = str(message.get("error", "unknown error"))
-            child.error_kind = message.get("kind")
+            child.error_kind = message.get("cause")
             stage = message.get("stage", "")
             where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
                 f" during {stage}" if stage else ""
