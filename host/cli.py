@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
+    from nodehost.envs import add_cli as add_env_cli
+
+    add_env_cli(sub)
+
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")
     p.add_argument("--write", metavar="DIR", help="write one file per schema into DIR")

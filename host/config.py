@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import PrivateAttr, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from nodehost.errors import ConfigError, Issue, pydantic_issues
@@ -79,6 +79,10 @@ class Connection(_Strict):
 
 
 class PipelineConfig(_Strict):
+    # Where relative paths (sandbox grants, params with format "path") are resolved from:
+    # the config file's folder, or the working directory for configs built in code.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
     name: str = Field(default="pipeline", json_schema_extra={"pattern": PIPELINE_NAME})
     max_processes: int | None = Field(default=None, gt=0)
     init_timeout_s: float = Field(default=300.0, gt=0)
@@ -143,12 +147,44 @@ def parse_config(data: Any, *, source: str | None = None) -> PipelineConfig:
         raise ConfigError(pydantic_issues(exc), source=source) from None
 
 
+def _resolve_grants(data: Any, base: Path) -> Any:
+    """Relative sandbox paths in a config file mean "next to the config file"."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("nodes"), list):
+        return data
+    nodes = []
+    for node in data["nodes"]:
+        grant = node.get("sandbox") if isinstance(node, Mapping) else None
+        if isinstance(grant, Mapping):
+            grant = dict(grant)
+            for key in ("fs_read", "fs_write"):
+                if isinstance(grant.get(key), list):
+                    grant[key] = [str(base / p) if isinstance(p, str) and p and
+                                  not p.startswith("/") else p for p in grant[key]]
+            node = {**node, "sandbox": grant}
+        nodes.append(node)
+    return {**data, "nodes": nodes}
+
+
 def load_config(config: str | Path | Mapping[str, Any] | PipelineConfig) -> PipelineConfig:
     if isinstance(config, PipelineConfig):
         return config
     if isinstance(config, Mapping):
         return parse_config(config)
-    return parse_config(load_document(config), source=str(config))
+    base = Path(config).resolve().parent
+    parsed = parse_config(_resolve_grants(load_document(config), base), source=str(config))
+    parsed._base_dir = base
+    return parsed
+
+
+def _resolve_path_params(params: Mapping[str, Any], manifest: NodeManifest,
+                         base: Path | None) -> dict[str, Any]:
+    resolved = dict(params)
+    for name, spec in manifest.params.items():
+        value = resolved.get(name)
+        if spec.format == "path" and isinstance(value, str) and value and \
+                not value.startswith("/"):
+            resolved[name] = str((base or Path.cwd()) / value)
+    return resolved
 
 
 # --------------------------------------------------------------------------- validation
@@ -296,7 +332,8 @@ def validate_pipeline(
             continue
         manifest = node_type.manifest
         try:
-            params = manifest.params_model.model_validate(node_cfg.params)
+            params = manifest.params_model.model_validate(
+                _resolve_path_params(node_cfg.params, manifest, config._base_dir))
         except ValidationError as exc:
             issues.extend(pydantic_issues(exc, f"{loc}.params"))
             continue

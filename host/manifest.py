@@ -124,9 +124,14 @@ class ParamSpec(_Strict):
     minimum: float | None = None
     maximum: float | None = None
     enum: list[Any] | None = None
+    format: Literal["path"] | None = Field(
+        default=None, description='"path": a relative value in a config file is resolved '
+                                  "against the config file's folder")
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
+        if self.format == "path" and self.type != "string":
+            raise PydanticCustomError("format", 'format "path" applies to string params')
         bounded = self.minimum is not None or self.maximum is not None
         if bounded and self.type not in ("number", "integer"):
             raise PydanticCustomError(

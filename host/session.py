@@ -206,14 +206,33 @@ class Session:
         self._status_event(child)
 
     # -- supervisor ----------------------------------------------------------------------
+    def _interpreter(self, launch: NodeLaunch) -> str:
+        """The host's Python, or the node's own environment (built once, then cached)."""
+        from nodehost.envs import EnvError, env_for_node_type
+
+        node_type = self.host.registry.get(launch.node_type)
+        if node_type.manifest.runtime is None:
+            return self.python
+
+        def progress(fraction: float, message: str) -> None:
+            self._emit("progress", node=launch.node_id, node_type=launch.node_type,
+                       fraction=fraction, message=f"environment: {message}")
+
+        try:
+            return env_for_node_type(node_type, progress) or self.python
+        except EnvError as exc:
+            raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from None
+
     def _spawn_all(self) -> None:
+        pythons = {launch.node_id: self._interpreter(launch) for launch in self.launches}
         for launch in self.launches:
             tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
             launch.tmp_dir = tmp_dir
             launch.host_pid = os.getpid()
             host_end, node_end = control.pair()
             popen = subprocess.Popen(
-                [self.python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
+                [pythons[launch.node_id], "-m", "nodehost.runner", "--control-fd",
+                 str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
                 env=self.host.node_env(tmp_dir),
                 stdin=subprocess.DEVNULL,
