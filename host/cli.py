@@ -136,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from nodehost import bench
 
-    return bench.main(args.bench_args)
+    code: int = bench.main(args.bench_args)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,7 +134,7 @@ class Runner:
         if inspect.isawaitable(value):
             if self.loop is None:
                 self.loop = asyncio.new_event_loop()
-            return self.loop.run_until_complete(value)  # type: ignore[arg-type]
+            return self.loop.run_until_complete(value)
         return value
 
     def iterate(self, value: Any) -> Iterator[Any]:
