@@ -140,6 +140,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from nodehost import envs  # imported only here: `nodehost nodes` stays fast
+
+    code: int = envs.main(args.env_args)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodehost",
@@ -174,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
-    from nodehost.envs import add_cli as add_env_cli
-
-    add_env_cli(sub)
+    p = sub.add_parser("env", help="per-node Python environments: list, prune, build",
+                       add_help=False)
+    p.add_argument("env_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")
@@ -185,8 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with parsers of their own (and heavy imports): their arguments, --help
+# included, go to them untouched.
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        func, dest = _DELEGATED[argv[0]]
+        args = argparse.Namespace(func=func, **{dest: argv[1:]})
+    else:
+        args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -932,7 +932,7 @@ def add_cli(subparsers: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m nodehost.envs list|prune|build`` (the same as ``nodehost env ...``)."""
-    parser = argparse.ArgumentParser(prog="nodehost env")
+    parser = argparse.ArgumentParser(prog="nodehost")
     add_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["env", *(argv if argv is not None else sys.argv[1:])])
     try:
