@@ -138,7 +138,23 @@ def test_validate_relative_path_and_json(installed: Installed, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("edit", "expected"), BAD_CONFIGS)
+# In a config *file* a relative sandbox path means "next to the file" (see the test below);
+# only configs built in code must use absolute paths.
+FILE_BAD_CONFIGS = [case for case in BAD_CONFIGS if case.id != "sandbox-relative-path"]
+
+
+def test_validate_resolves_relative_grants_against_the_file(installed: Installed,
+                                                            tmp_path: Path) -> None:
+    path = write_config(tmp_path, edited(_relative_grant))
+    result = installed.run(["validate", str(path)], "catalog", cwd=Path("/"))
+    assert result.returncode == 0, result.stderr
+
+
+def _relative_grant(config: dict[str, Any]) -> None:
+    config["nodes"][3]["sandbox"] = {"fs_write": ["out.wav"]}
+
+
+@pytest.mark.parametrize(("edit", "expected"), FILE_BAD_CONFIGS)
 def test_validate_bad_config(installed: Installed, tmp_path: Path, edit: Edit,
                              expected: list[str]) -> None:
     path = write_config(tmp_path, edited(edit))
