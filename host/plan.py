@@ -11,9 +11,10 @@ import importlib.util
 import os
 import secrets
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodehost.config import ValidatedPipeline
+if TYPE_CHECKING:  # the node runner imports this module: keep its start-up light
+    from nodehost.config import ValidatedPipeline
 
 
 def new_session_id(name: str) -> str:
