@@ -33,7 +33,7 @@ from nodehost.plan import NodeLaunch
 EXIT_OK = 0
 EXIT_NODE_ERROR = 1
 EXIT_RUNNER_ERROR = 70
-STATUS_DEBOUNCE_S = 0.02  # Ready/Processing flips are reported at most ~50 times a second
+IDLE_S = 0.25  # Processing → Ready once no input arrived for this long (no status flapping)
 STATS_INTERVAL_S = 0.5
 _HOST_FILES = str(Path(__file__).resolve().parent)
 
@@ -305,14 +305,19 @@ class NodeIO:
         node = runner.node
         open_ports = dict(self.readers)
         sock_fd = runner.sock.fileno()
+        last_input = time.monotonic()
         while open_ports:
+            timeout = STATS_INTERVAL_S
+            if runner.status == "Processing":
+                timeout = max(0.0, min(timeout, last_input + IDLE_S - time.monotonic()))
             _ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
-                                         timeout=STATS_INTERVAL_S)
+                                          timeout=timeout)
             if fds:
                 runner.check_control()
             for port, reader in list(open_ports.items()):
                 while (data := reader.receive()) is not None:
                     runner.set_status("Processing")
+                    last_input = time.monotonic()
                     runner.received += 1
                     runner.latencies_us.append((time.monotonic_ns() - data.timestamp_ns) / 1e3)
                     self.deliver(node.process(data, port))
@@ -320,8 +325,7 @@ class NodeIO:
                     del open_ports[port]
                     self.deliver(node.end_of_stream(port))
             runner.stats()
-            if runner.status == "Processing" and \
-                    time.monotonic() - runner.status_since > STATUS_DEBOUNCE_S:
+            if runner.status == "Processing" and time.monotonic() - last_input >= IDLE_S:
                 runner.set_status("Ready")
 
     def finish(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -107,6 +108,12 @@ def run_pipeline(config: str | Path, events: str | None = None) -> int:
     host = Host()
     session = host.start_session(config)
     timeline = Timeline()
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and `kill` (SIGTERM) both mean: stop the nodes in order, reap them, exit.
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     result: SessionResult | None = None
     try:
@@ -128,6 +135,8 @@ def run_pipeline(config: str | Path, events: str | None = None) -> int:
     finally:
         if result is None:
             session.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if mode != "json":
         print()
         print("\n".join(timeline.summary()))
