@@ -21,6 +21,7 @@ class AudioBuffer(nodehost.Node):
     def initialize(self) -> None:
         self._segments: list[np.ndarray] = []  # copies: input views die after process()
         self._frames = 0
+        self._count = 0  # segments in the utterance being built
         self._format: tuple[int, int] | None = None
 
     def process(self, data: nodehost.RuntimeData, port: str) -> list[nodehost.RuntimeData]:
@@ -40,6 +41,7 @@ class AudioBuffer(nodehost.Node):
             self._frames += gap
         self._segments.append(segment)
         self._frames += len(segment)
+        self._count += 1
         if self._frames >= rate * self.params.min_utterance_ms / 1000:
             out += self._flush()
         return out
@@ -51,9 +53,11 @@ class AudioBuffer(nodehost.Node):
         if not self._segments or self._format is None:
             return []
         utterance = np.concatenate(self._segments)
+        segments, self._count = self._count, 0
         self._segments, self._frames = [], 0
         rate = self._format[0]
         if len(utterance) < rate * self.params.drop_below_ms / 1000:
             self.logger.info("dropping a %.0f ms utterance", 1000 * len(utterance) / rate)
             return []
+        self.logger.info("utterance: %.2f s from %d segment(s)", len(utterance) / rate, segments)
         return [make_audio(utterance, rate)]

@@ -30,6 +30,10 @@ class WavSource(nodehost.Node):
         rate, channels = f.samplerate, f.channels
         downmix = self.params.mono and channels > 1
         block = ms_to_frames(self.params.chunk_ms, rate)
+        # The start of the stream: with realtime pacing, the sample at position t leaves at
+        # start + t (what latency measurements take as "when it was said").
+        self.logger.info("streaming %.2f s of audio%s", f.frames / rate,
+                         " at playback speed" if self.params.realtime else "")
         start = time.monotonic()
         sent = 0
         while True:
@@ -59,6 +63,7 @@ class WavSource(nodehost.Node):
             sent += n
             if n < frames:
                 break
+        self.logger.info("sent %.2f s of audio", sent / rate)
 
     def cleanup(self) -> None:
         f: Any = getattr(self, "_file", None)
@@ -90,6 +95,8 @@ class WavSink(nodehost.Node):
         if self._file is None:
             self._file = self._open(*fmt)
             self._format = fmt
+            self.logger.info("first audio in: writing %d Hz, %d ch to %s", fmt[0], fmt[1],
+                             self.params.path)
         elif fmt != self._format:
             (rate, channels), (was_rate, was_channels) = fmt, self._format or fmt
             raise ValueError(
@@ -116,3 +123,6 @@ class WavSink(nodehost.Node):
         if f is not None:
             f.close()
             self._file = None
+            rate = self._format[0] if self._format else self.params.empty_sample_rate
+            self.logger.info("wrote %.2f s of audio (%d Hz) to %s", self.frames_written / rate,
+                             rate, self.params.path)

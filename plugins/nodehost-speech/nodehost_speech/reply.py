@@ -13,4 +13,5 @@ class ReplyText(nodehost.Node):
         # str.replace, not str.format: braces in recognized text must not break the template.
         reply = self.params.template.replace("{text}", heard)
         language = getattr(data.metadata, "language", None)
+        self.logger.info("said: %s", reply)
         return nodehost.RuntimeData.text(reply, language=language)

@@ -51,9 +51,21 @@ def split_text(text: str, max_chars: int) -> list[str]:
     return pieces
 
 
+def split_clauses(text: str, min_chars: int = 8) -> list[str]:
+    """``text`` cut after clause punctuation (, ; :) — never leaving a piece shorter than
+    ``min_chars`` (a lone "Well," is kept with what follows)."""
+    pieces: list[str] = []
+    for clause in re.split(r"(?<=[,;:])\s+", text):
+        if pieces and len(pieces[-1]) < min_chars:
+            pieces[-1] = f"{pieces[-1]} {clause}"
+        else:
+            pieces.append(clause)
+    return [p for p in pieces if p]
+
+
 class PiperTTS(nodehost.Node):
-    """One audio message per sentence (Piper synthesizes sentence by sentence), so playback
-    downstream can start before a long reply is finished."""
+    """One audio message per sentence (Piper synthesizes sentence by sentence), or per clause
+    with ``split_clauses``, so playback downstream starts before a long reply is finished."""
 
     def initialize(self) -> None:
         self.progress(0.05, "importing piper")
@@ -88,17 +100,37 @@ class PiperTTS(nodehost.Node):
         )
         self.logger.info("Piper voice loaded in %.2f s (%d Hz)", time.perf_counter() - started,
                          self.sample_rate)
+        if self.params.warmup:
+            # onnxruntime's first run in a process is about twice as slow: do it now.
+            self.progress(0.8, "warming up")
+            for _chunk in self._voice.synthesize("Hello there.", self._config):
+                pass
         self.progress(1.0, "Piper ready")
 
     def process(self, data: nodehost.RuntimeData, port: str) -> Iterator[nodehost.RuntimeData]:
+        started = time.perf_counter()
         silence = np.zeros(int(self.sample_rate * self.params.sentence_silence_ms / 1000),
                            np.float32)
-        for piece in split_text(data.as_text(), self.params.max_chars):
+        frames = 0
+        pieces = split_text(data.as_text(), self.params.max_chars)
+        if self.params.split_clauses:
+            # Piper speaks a whole sentence per call: a short first clause ("You said:")
+            # comes out in a fraction of the time the whole sentence takes.
+            pieces = [clause for piece in pieces for clause in split_clauses(piece)]
+        for piece in pieces:
             for chunk in self._voice.synthesize(piece, self._config):
                 audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
                 if len(silence):
                     audio = np.concatenate([audio, silence])
+                if not frames:
+                    self.logger.info("first audio after %.0f ms (%.2f s)",
+                                     1000 * (time.perf_counter() - started),
+                                     len(audio) / self.sample_rate)
+                frames += len(audio)
                 yield make_audio(audio, self.sample_rate)
+        if frames:
+            self.logger.info("spoke %.2f s of audio in %.2f s", frames / self.sample_rate,
+                             time.perf_counter() - started)
 
     def cleanup(self) -> None:
         self._voice = None

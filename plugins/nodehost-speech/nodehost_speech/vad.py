@@ -38,6 +38,8 @@ class SileroVAD(nodehost.Node):
         self._speech_windows = 0  # windows at or above threshold in the open segment
         self._silent_run = 0  # consecutive windows below the lower threshold
         self.segments = 0
+        self._windows = 0  # windows seen so far: the stream position, for the log
+        self._speech_span: tuple[int, int] = (0, 0)  # first and last speech window of a segment
         self.progress(1.0, "Silero VAD ready")
 
     def process(self, data: nodehost.RuntimeData, port: str) -> list[nodehost.RuntimeData]:
@@ -67,6 +69,10 @@ class SileroVAD(nodehost.Node):
         # The extension takes a sequence of floats; a list converts once, in C.
         prob = self._vad.process_samples(window.tolist())
         threshold = self.params.threshold
+        index, self._windows = self._windows, self._windows + 1
+        if prob >= threshold:
+            first = self._speech_span[0] if self._in_speech else index
+            self._speech_span = (first, index)
         if not self._in_speech:
             if prob >= threshold:
                 # Open a segment, with the padding that preceded it (soft onsets count).
@@ -109,4 +115,10 @@ class SileroVAD(nodehost.Node):
             self.logger.debug("dropping %.0f ms of speech (below min_speech_ms)", speech_ms)
             return []
         self.segments += 1
+        first, last = self._speech_span
+        # Stream positions (seconds since the first sample): "speech ended at" is the end of
+        # the last window heard as speech, which latency measurements start from.
+        self.logger.info("segment %d: speech %.2f–%.2f s, %.2f s sent", self.segments,
+                         first * WINDOW / RATE, (last + 1) * WINDOW / RATE,
+                         len(kept) * WINDOW / RATE)
         return [make_audio(np.concatenate(kept), RATE)]
