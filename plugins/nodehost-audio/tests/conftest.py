@@ -1,3 +1,4 @@
 from audio_harness import make
+from audio_sessions import host, tmp_out
 
-__all__ = ["make"]
+__all__ = ["host", "make", "tmp_out"]
