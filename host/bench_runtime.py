@@ -105,23 +105,19 @@ def crash_teardown(host: Host, tmp: Path, rounds: int = 7) -> dict[str, Any]:
             "p50_ms": round(statistics.median(detect_ms), 1) if detect_ms else None}
 
 
-def _busy_ms(ms: float) -> None:
-    end = time.perf_counter() + ms / 1000
-    x = 0
-    while time.perf_counter() < end:
-        for i in range(200):
-            x += i * i
-
-
 def parallel_branches(host: Host, tmp: Path, count: int = 200,
                       work_ms: float = 5.0) -> dict[str, Any]:
     """Two CPU-bound nodes on parallel branches vs the same work on two threads of one
-    process (the GIL serialises them)."""
+    process (the GIL serialises them). The work is a fixed amount of CPU per message,
+    calibrated once, the same in both."""
+    from nodehost_testnodes.probes import iterations_per_ms, spin
+
+    iterations = int(work_ms * iterations_per_ms())
     outs = [tmp / "branch_a.json", tmp / "branch_b.json"]
     config: dict[str, Any] = {"name": "parallel", "nodes": [
         {"id": "src", "type": "ProbeSource", "params": {"count": count, "payload_bytes": 1024}},
-        {"id": "a", "type": "Forward", "params": {"work_ms": work_ms}},
-        {"id": "b", "type": "Forward", "params": {"work_ms": work_ms}},
+        {"id": "a", "type": "Forward", "params": {"work_iterations": iterations}},
+        {"id": "b", "type": "Forward", "params": {"work_iterations": iterations}},
         *({"id": f"sink_{x}", "type": "ProbeSink", "params": {"out_path": str(o)},
            "sandbox": {"fs_write": [str(o)]}} for x, o in zip("ab", outs, strict=True)),
     ], "connections": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
@@ -134,7 +130,7 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
 
     def worker() -> None:
         for _ in range(count):
-            _busy_ms(work_ms)
+            spin(iterations)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     t0 = time.perf_counter()

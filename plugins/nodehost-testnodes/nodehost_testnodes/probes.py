@@ -40,19 +40,34 @@ class ProbeSource(nodehost.Node):
                 time.sleep(p.interval_ms / 1000)
 
 
-def busy_work(ms: float) -> None:
-    """CPU-bound work that holds the GIL (the case process-per-node exists for)."""
-    end = time.perf_counter() + ms / 1000
+def spin(iterations: int) -> int:
+    """A fixed amount of pure-Python CPU work: it holds the GIL, so threads of one process
+    cannot share it out — the case process-per-node exists for."""
     x = 0
-    while time.perf_counter() < end:
-        for i in range(200):
-            x += i * i
+    for i in range(iterations):
+        x += i * i
+    return x
+
+
+def iterations_per_ms() -> int:
+    """Calibrate ``spin`` on this machine (best of a few tries, so a busy core does not
+    inflate the work)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        spin(100_000)
+        best = min(best, time.perf_counter() - start)
+    return max(1, int(100_000 / (best * 1000)))
 
 
 class Forward(nodehost.Node):
+    def initialize(self) -> None:
+        self.iterations = self.params.work_iterations or (
+            int(self.params.work_ms * iterations_per_ms()) if self.params.work_ms else 0)
+
     def process(self, data: RuntimeData, port: str) -> RuntimeData:
-        if self.params.work_ms:
-            busy_work(self.params.work_ms)
+        if self.iterations:
+            spin(self.iterations)
         return data
 
 
