@@ -90,6 +90,14 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+def _kill_group(child: _Child) -> None:
+    """SIGKILL what the node forked (its process group, which it leads): a session owns
+    those processes too, and they have no parent-death signal. Only while the node is not
+    yet reaped, so its pid, the group's id, cannot belong to anyone else."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.popen.pid, signal.SIGKILL)
+
+
 class Session:
     """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
 
@@ -394,6 +402,7 @@ class Session:
         return text.splitlines()[-1] if text else ""
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
         returncode = child.popen.wait()
         child.exited = True
         child.process.exit_code = returncode
@@ -463,6 +472,7 @@ class Session:
             if not child.exited:
                 with contextlib.suppress(ProcessLookupError, OSError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+                _kill_group(child)
                 child.popen.wait()
                 child.exited = True
                 with contextlib.suppress(OSError):
