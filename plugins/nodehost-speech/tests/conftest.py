@@ -1,3 +1,4 @@
 from speech_harness import make
+from speech_sessions import host, tmp_out
 
-__all__ = ["make"]
+__all__ = ["host", "make", "tmp_out"]

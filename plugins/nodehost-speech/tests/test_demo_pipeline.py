@@ -60,3 +60,45 @@ def test_tts_audio_cannot_go_straight_into_whisper() -> None:
                              or c["from"] == "tts.out"]
     with pytest.raises(ConfigError, match=r"22050.*16000"):
         _validate(config)
+
+
+# --- the demo, end to end, in real node processes ---------------------------------------------
+
+DEMO_KEYWORDS = {"fox", "library", "tuesday"}
+
+
+def test_demo_runs_end_to_end_and_its_reply_says_the_words_back(
+        host: Any, tmp_out: Path, make: Any) -> None:
+    import numpy as np
+    import soundfile as sf
+    import soxr
+    from speech_harness import keywords_heard
+    from speech_sessions import run
+
+    import nodehost
+
+    config = _demo()
+    out = tmp_out / "reply.wav"
+    speaker = next(n for n in config["nodes"] if n["type"] == "WavSink")
+    speaker["params"]["path"] = str(out)
+    speaker["sandbox"]["fs_write"] = [str(out)]
+    done = run(host, config)
+    done.assert_ok()
+    assert set(done.pids()) == {n["id"] for n in config["nodes"]}  # 8 nodes, 8 processes
+    heard = [m for m in done.logs("asr") if m.startswith("heard: ")]
+    assert len(heard) == 1 and len(keywords_heard(heard[0], DEMO_KEYWORDS)) >= 2, heard
+    assert [m for m in done.logs("reply") if m.startswith("said: ")]
+    assert done.logs("speaker")[-1].endswith(f"to {out}")
+    # The latency report reads these same events: every stage is there, and they add up.
+    from nodehost_speech.latency import LABELS, stage_times
+
+    stages = stage_times(done.events)
+    assert set(stages) == set(LABELS)
+    assert sum(v for k, v in stages.items() if k != "total") == pytest.approx(stages["total"])
+    reply, rate = sf.read(out, dtype="float32")
+    assert rate == 22050 and len(reply) > rate
+    # Transcribed again, the reply carries the words of the input.
+    audio = soxr.resample(reply, rate, 16000).astype(np.float32)
+    text = " ".join(d.as_text() for d in make("WhisperASR").feed(
+        [nodehost.RuntimeData.audio(audio, sample_rate=16000)]))
+    assert len(keywords_heard(text, DEMO_KEYWORDS)) >= 2, text
