@@ -35,11 +35,13 @@ if [ ! -x "$VENV/bin/nodehost" ] || [ "$(cat "$VENV/.demo-stamp" 2>/dev/null)" !
     python=$(pick_python)
     echo "==> setting up $VENV with $("$python" --version) (first run only)"
     "$python" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    log="$VENV/install.log"
+    pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" >>"$log" 2>&1 \
+            || { cat "$log" >&2; echo "demo.sh: pip install failed (log: $log)" >&2; exit 1; }; }
+    pip install --upgrade pip
     # The host first: the plugins depend on "nodehost", which must resolve to this checkout.
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -e plugins/nodehost-audio -e plugins/nodehost-speech
+    pip install -e .
+    pip install -e plugins/nodehost-audio -e plugins/nodehost-speech
     echo "$stamp" > "$VENV/.demo-stamp"
     echo "==> installed: $(du -sh "$VENV" | cut -f1) in $VENV"
 fi
