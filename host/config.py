@@ -132,6 +132,12 @@ def load_document(path: str | Path) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(Issue(where, f"invalid YAML: {problem}"), source=source) from None
+    except RecursionError:  # json, tomllib (and pure-Python YAML) parse nesting recursively
+        raise ConfigError(Issue("", "the document is nested too deeply to be a pipeline "
+                                    "config"), source=source) from None
+    except ValueError as exc:  # after the decode errors above, which are ValueErrors too;
+        # e.g. an integer literal longer than Python's 4300-digit conversion limit
+        raise ConfigError(Issue("", f"invalid value: {exc}"), source=source) from None
 
 
 def parse_config(data: Any, *, source: str | None = None) -> PipelineConfig:
