@@ -327,8 +327,12 @@ class Session:
                     for child in self._children.values():
                         control.send(child.sock, "start")
                 elif now >= init_deadline:
-                    late = next(c for c in self._children.values()
-                                if c.process.status in (S.IDLE, S.INITIALIZING))
+                    pending = [c for c in self._children.values()
+                               if c.process.status in (S.IDLE, S.INITIALIZING)]
+                    # A node stuck in its own initialize() is the one to name, not a sibling
+                    # that a loaded machine is still starting (Idle: the runner's own imports).
+                    late = next((c for c in pending if c.process.status == S.INITIALIZING),
+                                pending[0])
                     self._fail(late, f"did not become Ready within init_timeout_s="
                                      f"{self.pipeline.config.init_timeout_s:g} s", "timeout")
             if (self._failure is not None or self._stop_requested is not None) \
