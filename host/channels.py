@@ -1,450 +1,838 @@
-"""Shared-memory channels on iceoryx2: zero-copy, byte capacity, lossless backpressure.
+"""Shared-memory channels on iceoryx2: zero-copy, byte-bounded, lossless backpressure, EOS.
 
-One channel = one output port. Per channel name ``N`` there are four iceoryx2 services:
+One channel carries one output port to its readers (fan-out: several subscribers). For a
+channel named ``N`` there are four iceoryx2 services:
 
-    N            publish-subscribe, dynamic byte slices: the messages (header + payload)
-    N/data       event: the writer → readers "something arrived" wake-up
-    N/acks       publish-subscribe: each reader → writer "I consumed up to sequence s"
-    N/ack        event: the readers → writer wake-up for acks
+    N          publish-subscribe of byte slices: the messages (256-byte header + payload)
+    N/wake     event, writer → readers: "a message arrived" (and "announce yourselves")
+    N/acks     publish-subscribe of ``_Ack``, readers → writer: "I have taken up to seq s"
+    N/ack      event, readers → writer: "an ack (or a departure) is waiting"
 
-iceoryx2 does not block a publisher whose subscribers are full (it drops the sample for
-them), so backpressure is built here with credits: the writer knows every reader's last
-consumed sequence and sends only while the slowest reader has fewer than ``DEPTH`` messages
-and fewer than ``capacity`` bytes outstanding; otherwise it sleeps on the ack event. With
-backpressure off the subscriber buffer overwrites its oldest message instead, and readers
-count the sequence gaps as drops.
+iceoryx2 does not block a publisher whose subscriber queue is full (it drops the sample or
+spins inside Rust), so backpressure is built here with credits. The writer numbers messages
+and keeps the (seq, bytes) of every message not yet taken by *every* reader; it sends only
+while fewer than ``DEPTH`` messages and at most ``capacity`` payload bytes are in flight, and
+otherwise sleeps on ``N/ack``. Acks are not sent per message: the writer sets ``FLAG_ACK`` in
+the header of messages sent while the channel is at least half full, and readers ack those
+only. A fast reader therefore costs no ack traffic at all.
 
-A publisher's samples live in the publisher's process, so a finishing writer sends end of
-stream and keeps its publisher until every reader acknowledged it (``close()``).
+With backpressure off the subscriber queue overwrites its oldest message instead (iceoryx2
+safe overflow) and readers count the sequence gaps as drops.
+
+A publisher's samples live in its process, so a finishing writer sends an end-of-stream
+message and keeps its publisher until every reader acknowledged it (``close()``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import os
 import secrets
-import struct
+import select
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import iceoryx2 as iox2
 import numpy as np
 
-from nodehost.data import AUDIO_DTYPES, RuntimeData, _check_session_id, _Clock, _SampleOwner
+from nodehost import wire
+from nodehost.data import RuntimeData, SampleHold, copy_out, monotonic_stamp
 from nodehost.errors import ChannelError, WireFormatError
-from nodehost.wire import HEADER_SIZE, TENSOR_DTYPES, WireType, pack_header
 
-DEPTH = 32  # messages a reader may have outstanding (its iceoryx2 buffer)
-MAX_READERS = 16
-MAX_BORROWED = 16  # received messages a node may hold at once
-ACK_BUFFER = 1024
-_ACK = struct.Struct("<QQ")  # reader token, next expected sequence
-_GONE = (1 << 63)  # next-sequence value of a reader that left
-_INITIAL_SLICE = 64 * 1024
+DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
+BORROW = 8               # received messages a reader may hold zero-copy; beyond, copies
+LOANS = 2                # samples a writer may have loaned (being filled) at once
+MAX_READERS = 16         # upper bound of subscribers of one channel
+DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
+MAX_NODES = MAX_READERS + 4
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+EVENT_DATA = 0           # N/wake: a message was sent
+EVENT_ROLLCALL = 1       # N/wake: the writer asks every reader to (re)announce itself
+EVENT_ACK = 0            # N/ack
+
+ACK_OPEN, ACK_CLOSED = 1, 2
+_FOREVER = 365 * 24 * 3600.0
 
 iox2.set_log_level(iox2.LogLevel.Error)
+
+
+class _Ack(ctypes.Structure):
+    """A reader's progress report. ``last_seq`` 0 means "nothing taken yet"."""
+
+    _fields_ = [("token", ctypes.c_uint64), ("last_seq", ctypes.c_uint64),
+                ("dropped", ctypes.c_uint64), ("state", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint32)]
+
+
+class ChannelClosed(ChannelError):
+    """The channel (or its whole data plane) was closed or shut down while in use."""
+
+
+class ChannelTimeout(ChannelError):
+    """A blocking channel operation did not complete in time."""
+
+
+def _duration(seconds: float) -> Any:
+    return iox2.Duration.from_secs_f64(max(0.0, min(seconds, _FOREVER)))
 
 
 def _service_name(name: str) -> Any:
     try:
         return iox2.ServiceName.new(name)
-    except Exception as exc:  # noqa: BLE001 - iceoryx2 raises its own error types
-        raise ChannelError(f"invalid channel name {name!r}: {exc}") from None
+    except Exception as exc:
+        raise ChannelError(f"invalid channel name {name!r}: {exc!r}") from None
 
 
-def _duration(seconds: float) -> Any:
-    return iox2.Duration.from_micros(max(0, int(seconds * 1e6)))
+def _open_or_create(name: str, opener: Callable[[], Any], creator: Callable[[], Any]) -> Any:
+    """Open a service with *minimum* requirements, or create it with our full settings.
+
+    iceoryx2's ``open_or_create`` uses one set of settings for both, but an opener should
+    only require what it needs (a reader does not know how many siblings it has), while the
+    creator decides the capacity everybody gets.
+    """
+    last: Exception | None = None
+    for _attempt in range(5):
+        try:
+            return opener()
+        except Exception as exc:
+            if "DoesNotExist" not in repr(exc):
+                raise ChannelError(f"channel {name!r} exists with incompatible settings "
+                                   f"({exc!r}): both ends must agree on backpressure, and "
+                                   "the writer's max_subscribers must cover every reader"
+                                   ) from None
+            last = exc
+        try:
+            return creator()
+        except Exception as exc:
+            last = exc
+    raise ChannelError(f"cannot open or create channel {name!r}: {last!r}")
 
 
 class DataPlane:
-    """The data plane of one process: one iceoryx2 node and the channels opened on it."""
+    """One process's data plane: the iceoryx2 node and every channel end opened on it.
 
-    def __init__(self, name: str = "nodehost") -> None:
+    ``name`` names the iceoryx2 node (e.g. ``"<session>/<node>"``); ``session_id`` is
+    stamped into every message this process sends (default: ``name`` up to its first "/").
+    """
+
+    def __init__(self, name: str = "nodehost", session_id: str | None = None) -> None:
+        self.name = name
+        self.session_id = name.split("/", 1)[0] if session_id is None else session_id
+        self._session_raw = wire.encode_session_id(self.session_id)
         builder = iox2.NodeBuilder.new().signal_handling_mode(iox2.SignalHandlingMode.Disabled)
-        with contextlib.suppress(Exception):
-            builder = builder.name(iox2.NodeName.new(name[:127]))
-        self.node = builder.create(iox2.ServiceType.Ipc)
+        with contextlib.suppress(Exception):  # an unusable name only loses a debugging aid
+            builder = builder.name(iox2.NodeName.new(name[:100]))
+        self.node: Any = builder.create(iox2.ServiceType.Ipc)
         self.writers: list[ChannelWriter] = []
         self.readers: list[ChannelReader] = []
         self._waitsets: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}
+        self._interrupt_fds: tuple[int, ...] = ()
+        self._interrupt_cb: Callable[[], None] | None = None
+        # shutdown() from any thread wakes every blocked wait through this eventfd
+        self._shutdown_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._shut_down = False
+        self._retired: list[Any] = []
         self.closed = False
 
-    def _pubsub(self, name: str, backpressure: bool) -> Any:
-        return (self.node.service_builder(_service_name(name))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-                .max_publishers(1)
-                .max_subscribers(MAX_READERS)
-                .max_nodes(MAX_READERS + 2)
-                .history_size(0)
-                .subscriber_max_buffer_size(DEPTH)
-                .subscriber_max_borrowed_samples(MAX_BORROWED)
-                .enable_safe_overflow(not backpressure)
-                .open_or_create())
+    # -- services ------------------------------------------------------------------------
+    def _data_service(self, name: str, backpressure: bool, max_subscribers: int | None) -> Any:
+        def builder(subscribers: int) -> Any:
+            return (self.node.service_builder(_service_name(name))
+                    .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                    .max_publishers(1)
+                    .max_subscribers(subscribers)
+                    .max_nodes(MAX_NODES)
+                    .history_size(0)
+                    .subscriber_max_buffer_size(DEPTH)
+                    .subscriber_max_borrowed_samples(BORROW)
+                    .enable_safe_overflow(not backpressure))
 
-    def _acks(self, name: str) -> Any:
-        return (self.node.service_builder(_service_name(f"{name}/acks"))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-                .max_publishers(MAX_READERS)
-                .max_subscribers(1)
-                .max_nodes(MAX_READERS + 2)
-                .history_size(0)
-                .subscriber_max_buffer_size(ACK_BUFFER)
-                .enable_safe_overflow(True)
-                .open_or_create())
+        wanted = DEFAULT_READERS if max_subscribers is None else max_subscribers
+        if not 1 <= wanted <= MAX_READERS:
+            raise ChannelError(f"channel {name!r}: max_subscribers {wanted} outside "
+                               f"1..{MAX_READERS}")
+        need = 1 if max_subscribers is None else max_subscribers
+        return _open_or_create(name, lambda: builder(need).open(),
+                               lambda: builder(wanted).create())
 
-    def _event(self, name: str) -> Any:
-        return (self.node.service_builder(_service_name(name)).event()
-                .max_listeners(MAX_READERS + 1)
-                .max_notifiers(MAX_READERS + 1)
-                .max_nodes(MAX_READERS + 2)
-                .open_or_create())
+    def _ack_service(self, name: str) -> Any:
+        def builder() -> Any:
+            # safe overflow + a short queue: the writer only ever needs each reader's latest
+            return (self.node.service_builder(_service_name(f"{name}/acks"))
+                    .publish_subscribe(_Ack)
+                    .max_publishers(MAX_READERS)
+                    .max_subscribers(1)
+                    .max_nodes(MAX_NODES)
+                    .history_size(0)
+                    .subscriber_max_buffer_size(2)
+                    .enable_safe_overflow(True))
+        return _open_or_create(name, lambda: builder().open(), lambda: builder().create())
 
-    def open_writer(self, name: str, capacity: int, *, backpressure: bool = True,
-                    readers: int = 1, session_id: str = "") -> ChannelWriter:
-        writer = ChannelWriter(self, name, capacity, backpressure, readers, session_id)
+    def _event_service(self, name: str) -> Any:
+        def builder() -> Any:
+            return (self.node.service_builder(_service_name(name)).event()
+                    .max_listeners(MAX_READERS + 1)
+                    .max_notifiers(MAX_READERS + 1)
+                    .max_nodes(MAX_NODES))
+        return _open_or_create(name, lambda: builder().open(), lambda: builder().create())
+
+    # -- channel ends --------------------------------------------------------------------
+    def open_writer(self, name: str, capacity: int, backpressure: bool = True, *,
+                    max_subscribers: int = 1) -> ChannelWriter:
+        """The writing end of channel ``name`` (one writer per channel).
+
+        ``capacity``: payload bytes in flight (a power of two; also the largest payload).
+        ``max_subscribers``: how many readers the channel must serve (its fan-out).
+        """
+        self._check_open()
+        writer = ChannelWriter(self, name, capacity, backpressure, max_subscribers)
         self.writers.append(writer)
         return writer
 
-    def open_reader(self, name: str, capacity: int, *, backpressure: bool = True
-                    ) -> ChannelReader:
-        reader = ChannelReader(self, name, capacity, backpressure)
+    def open_reader(self, name: str, capacity: int, backpressure: bool = True, *,
+                    max_subscribers: int | None = None) -> ChannelReader:
+        """A reading end of channel ``name``. Pass the channel's fan-out as
+        ``max_subscribers`` when known; otherwise a reader that creates the channel sizes it
+        for ``DEFAULT_READERS``."""
+        self._check_open()
+        reader = ChannelReader(self, name, capacity, backpressure, max_subscribers)
         self.readers.append(reader)
         return reader
 
+    # -- waiting -------------------------------------------------------------------------
+    def set_interrupt(self, fds: Sequence[int], callback: Callable[[], None] | None) -> None:
+        """While a writer is blocked (backpressure, close drain), watch ``fds`` too: when one
+        is readable, ``callback()`` runs; it must consume what is readable, and raise to
+        abort the blocked operation (e.g. the runner's "stop" handling)."""
+        self._interrupt_fds = tuple(fds)
+        self._interrupt_cb = callback
+        for writer in self.writers:
+            writer._waitset = None
+
+    def shutdown(self) -> None:
+        """From any thread: every blocked wait of this data plane raises ChannelClosed."""
+        self._shut_down = True
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._shutdown_fd, 1)
+
+    def _new_waitset(self, listeners: Sequence[Any], fds: Sequence[int]) -> tuple[Any, list[Any]]:
+        waitset = (iox2.WaitSetBuilder.new()
+                   .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
+                   .create(iox2.ServiceType.Ipc))
+        guards = [waitset.attach_notification(listener) for listener in listeners]
+        guards += [waitset.attach_notification_fd(iox2.FileDescriptor.non_owning_new(fd))
+                   for fd in (*fds, self._shutdown_fd)]
+        return waitset, guards
+
     def wait(self, readers: Sequence[ChannelReader], fds: Sequence[int] = (),
              timeout: float | None = None) -> tuple[list[ChannelReader], list[int]]:
-        """Block until a reader has data (or end of stream), an fd is readable, or timeout.
+        """Block until a reader has something to take (data or end of stream), one of
+        ``fds`` is readable, or ``timeout`` seconds passed. Returns (ready readers, ready fds).
 
-        Event-driven: an iceoryx2 WaitSet over the readers' wake-up listeners and the fds.
+        Event-driven: one iceoryx2 WaitSet over the readers' wake-up listeners and the fds,
+        cached per (readers, fds) combination. Level-triggered: a reader with queued data is
+        reported again even if its wake-up was consumed earlier.
         """
-        ready = [r for r in readers if r.pending()]
+        self._check_open()
+        ready = [r for r in readers if r.has_data()]
         if ready:
-            return ready, []
-        key = tuple(id(r) for r in readers) + tuple(-fd - 1 for fd in fds)
+            # Keep control messages flowing while data never stops: a cheap zero-wait poll.
+            ready_fds = select.select(fds, [], [], 0)[0] if fds else []
+            return ready, list(ready_fds)
+        for reader in readers:
+            reader._flush_ack()
+        key = (*(id(r) for r in readers), -1, *fds)
         cached = self._waitsets.get(key)
         if cached is None:
-            waitset = (iox2.WaitSetBuilder.new()
-                       .signal_handling_mode(iox2.SignalHandlingMode.Disabled)
-                       .create(iox2.ServiceType.Ipc))
-            guards = [waitset.attach_notification(r.listener) for r in readers]
-            guards += [waitset.attach_notification_fd(iox2.FileDescriptor.non_owning_new(fd))
-                       for fd in fds]
-            cached = self._waitsets[key] = (waitset, guards)
+            cached = self._waitsets[key] = self._new_waitset([r._listener for r in readers],
+                                                             fds)
         waitset, guards = cached
-        ids, _ = waitset.wait_and_process_with_timeout(
-            _duration(3600.0 if timeout is None else timeout))
-        fired_fds = [fd for fd, guard in zip(fds, guards[len(readers):], strict=True)
+        ids, _result = waitset.wait_and_process_with_timeout(
+            _duration(_FOREVER if timeout is None else timeout))
+        if self._shut_down:
+            raise ChannelClosed("data plane shut down")
+        fired_fds = [fd for fd, guard in zip(fds, guards[len(readers):], strict=False)
                      if any(i.has_event_from(guard) for i in ids)]
-        return [r for r in readers if r.pending()], fired_fds
+        for reader, guard in zip(readers, guards, strict=False):
+            if any(i.has_event_from(guard) for i in ids):
+                reader._consume_wakeups()
+        return [r for r in readers if r.has_data()], fired_fds
 
-    def close(self) -> None:
-        """Release every sample still held, then every port, then the node."""
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ChannelClosed(f"data plane {self.name!r} is closed")
+        if self._shut_down:
+            raise ChannelClosed(f"data plane {self.name!r} shut down")
+
+    def close(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
+        """Close every writer (draining, see ``ChannelWriter.close``) and reader, then the
+        node. Samples still referenced by received arrays stay valid until those die."""
         if self.closed:
             return
-        self.closed = True
-        self._waitsets.clear()
         for writer in self.writers:
-            writer.release()
+            with contextlib.suppress(ChannelError):
+                writer.close(drain_timeout=drain_timeout)
         for reader in self.readers:
             reader.close()
+        self.closed = True
+        self._waitsets.clear()
+        for port in self._retired:
+            port.delete()
+        self._retired.clear()
+        self.writers.clear()
+        self.readers.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._shutdown_fd)
         self.node = None
 
+    def __enter__(self) -> DataPlane:
+        return self
 
-class _Loan:
-    """A loaned sample being filled in place; sent when the ``with`` block ends cleanly."""
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def __init__(self, writer: ChannelWriter, wire_type: WireType, payload_size: int,
-                 meta: dict[str, Any], dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-        self.writer = writer
-        self.wire_type = wire_type
+
+class Loan:
+    """A shared-memory sample being filled in place, zero-copy.
+
+    ``with writer.loan_audio(frames, rate) as array: array[:] = ...`` sends when the block
+    ends cleanly and discards the sample on an exception. After ``send()``/``discard()`` the
+    array is made read-only and the loan refuses any further use: the sample belongs to the
+    readers (or is gone), and iceoryx2 aborts the process if a sent sample is touched.
+    """
+
+    __slots__ = ("_sample", "_writer", "array", "kind", "meta", "nbytes")
+
+    def __init__(self, writer: ChannelWriter, kind: int, meta: wire.Metadata,
+                 dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self._writer = writer
+        self.kind = kind
         self.meta = meta
-        self.size = HEADER_SIZE + payload_size
-        writer._acquire(self.size)
-        self.sample = writer._loan(self.size)
-        payload = self.sample.payload()
-        address = payload.data_ptr if isinstance(payload.data_ptr, int) else payload.data_ptr()
-        self.buffer = (ctypes.c_uint8 * self.size).from_address(address)
-        self.array = np.frombuffer(self.buffer, dtype=np.uint8, offset=HEADER_SIZE,
-                                   count=payload_size).view(dtype).reshape(shape)
+        self.nbytes = nbytes
+        self._sample = writer._loan(nbytes)
+        ptr = self._sample.payload_ptr + wire.HEADER_SIZE
+        view = _Writable(ptr, dtype, shape)
+        self.array: np.ndarray = np.asarray(view)
 
     def __enter__(self) -> np.ndarray:
         return self.array
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        sample, self.sample = self.sample, None
-        if exc_type is not None:
-            sample.delete()  # nothing half-written ever reaches a reader
-            return
-        pack_header(memoryview(self.buffer).cast("B"), self.wire_type, self.size - HEADER_SIZE,
-                    _Clock.now(), self.writer.sequence, self.writer.session_id, self.meta)
-        self.writer._send(sample, self.size)
+        if exc_type is None:
+            self.send()
+        else:
+            self.discard()
+
+    def send(self) -> None:
+        sample = self._take()
+        self._writer._send_sample(sample, self.kind, self.nbytes,
+                                  wire.meta_fields(self.kind, self.meta))
+
+    def discard(self) -> None:
+        sample = self._take()
+        sample.delete()
+        self._writer._unreserve(self.nbytes)
+
+    def _take(self) -> Any:
+        sample, self._sample = self._sample, None
+        if sample is None:
+            raise ChannelClosed("this loan was already sent or discarded")
+        self.array.flags.writeable = False
+        return sample
+
+
+class _Writable:
+    """``__array_interface__`` onto a loaned sample (writable, unlike a received one)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, ptr: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        self.__array_interface__ = {"data": (ptr, False), "shape": shape,
+                                    "typestr": dtype.str, "version": 3}
 
 
 class ChannelWriter:
     """The publishing end of a channel (one per output port)."""
 
     def __init__(self, plane: DataPlane, name: str, capacity: int, backpressure: bool,
-                 readers: int, session_id: str) -> None:
-        if capacity <= HEADER_SIZE or capacity & (capacity - 1):
-            raise ChannelError(f"channel {name!r}: capacity {capacity} must be a power of two "
-                               f"larger than the {HEADER_SIZE}-byte header")
+                 max_subscribers: int) -> None:
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ChannelError(f"channel {name!r}: capacity {capacity} is not a power of two")
+        self.plane = plane
         self.name = name
         self.capacity = capacity
         self.backpressure = backpressure
-        self.expected_readers = readers
-        self.session_id = _check_session_id(session_id)
-        self.service = plane._pubsub(name, backpressure)
-        self.publisher = (self.service.publisher_builder()
-                          .initial_max_slice_len(min(capacity, _INITIAL_SLICE))
-                          .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
-                          .create())
-        self.notifier = plane._event(f"{name}/data").notifier_builder().create()
-        self.ack_listener = plane._event(f"{name}/ack").listener_builder().create()
-        self.ack_sub = plane._acks(name).subscriber_builder().create()
-        self.sequence = 0
+        self.max_subscribers = max_subscribers
+        self.session_id = plane._session_raw
+        self.service = plane._data_service(name, backpressure, max_subscribers)
+        # Static slots of capacity + header bytes: every message up to the capacity fits
+        # without iceoryx2 growing (and re-mapping) segments at run time. Pages are touched
+        # lazily, so untouched slot space costs neither RAM nor /dev/shm.
+        self._publisher = (self.service.publisher_builder()
+                           .initial_max_slice_len(capacity + wire.HEADER_SIZE)
+                           .allocation_strategy(iox2.AllocationStrategy.Static)
+                           .max_loaned_samples(LOANS)
+                           .backpressure_strategy(iox2.BackpressureStrategy.DiscardData)
+                           .create())
+        self._notifier = plane._event_service(f"{name}/wake").notifier_builder().create()
+        self._ack_listener = plane._event_service(f"{name}/ack").listener_builder().create()
+        self._ack_sub = plane._ack_service(name).subscriber_builder().buffer_size(2).create()
+        self._dyn = self.service.dynamic_config
+        self._hdr = (ctypes.c_char * wire.HEADER_SIZE)()
+        self._hdr_addr = ctypes.addressof(self._hdr)
+        self._waitset: tuple[Any, list[Any]] | None = None
+        self._readers: dict[int, int] = {}           # token -> last seq it has taken
+        self._reader_drops: dict[int, int] = {}
+        self._inflight: deque[tuple[int, int]] = deque()  # (seq, payload bytes)
+        self._inflight_bytes = 0
+        self._reserved = 0                            # loans not yet sent: (count in slots)
+        self._reserved_bytes = 0
+        self._half_count = DEPTH // 2
+        self._half_bytes = capacity // 2
+        self.seq = 0
         self.sent = 0
-        self.blocked_s = 0.0  # time spent waiting for credit (backpressure)
+        self.blocked = 0          # sends (or loans) that had to wait for readers
+        self.blocked_ns = 0
+        self.unreached = 0        # messages sent while no reader was connected (drop mode)
         self.eos_sent = False
-        self.readers: dict[int, int] = {}  # token -> next expected sequence
-        self._sizes: deque[tuple[int, int]] = deque()  # (sequence, bytes) not yet consumed
-        self._outstanding_bytes = 0
-        self.abort_check: Callable[[], None] | None = None
+        self.drained = False
         self.closed = False
 
-    # -- credits -------------------------------------------------------------------------
-    def _drain_acks(self) -> None:
-        while (sample := self.ack_sub.receive()) is not None:
-            token, next_seq = _ACK.unpack(bytes(sample.payload().as_memory_view()))
-            sample.delete()
-            if next_seq == _GONE:
-                self.readers.pop(token, None)
-            elif next_seq == 0 and token not in self.readers:
-                self.readers[token] = self.sequence  # joined now: owes nothing yet
-            else:
-                self.readers[token] = max(self.readers.get(token, 0), next_seq)
-        # A subscriber not heard from yet (its first ack may predate our ack subscriber)
-        # has consumed nothing, as far as we can prove.
-        unheard = self.service.dynamic_config.number_of_subscribers > len(self.readers)
-        slowest = 0 if unheard else min(self.readers.values(), default=self.sequence)
-        while self._sizes and self._sizes[0][0] < slowest:
-            self._outstanding_bytes -= self._sizes.popleft()[1]
+    # -- observability -------------------------------------------------------------------
+    @property
+    def subscriber_count(self) -> int:
+        """Readers connected to the channel now."""
+        return int(self._dyn.number_of_subscribers)
 
     @property
-    def reader_count(self) -> int:
-        """Readers connected now (subscribers of the data service)."""
-        return int(self.service.dynamic_config.number_of_subscribers)
+    def publisher_count(self) -> int:
+        return int(self._dyn.number_of_publishers)
 
     @property
     def occupancy(self) -> int:
-        """Bytes sent but not yet consumed by the slowest reader."""
-        self._drain_acks()
-        return self._outstanding_bytes
+        """Payload bytes sent but not yet taken by every reader."""
+        self._refresh()
+        return self._inflight_bytes
 
-    def _has_credit(self, nbytes: int) -> bool:
-        self._drain_acks()
-        if self.reader_count < self.expected_readers:
-            return False
-        return not self._sizes or (len(self._sizes) < DEPTH
-                                   and self._outstanding_bytes + nbytes <= self.capacity)
+    @property
+    def in_flight(self) -> int:
+        """Messages sent but not yet taken by every reader."""
+        self._refresh()
+        return len(self._inflight)
 
-    def _wait_for(self, ready: Callable[[], bool], what: str, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        started = time.monotonic()
-        while not ready():
-            remaining = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-            if remaining <= 0:
-                raise ChannelError(f"channel {self.name!r}: timed out waiting for {what}")
-            with contextlib.suppress(Exception):  # EINTR-like interruptions: just re-check
-                self.ack_listener.timed_wait(_duration(remaining))
-            if self.abort_check is not None:
-                self.abort_check()
-        self.blocked_s += time.monotonic() - started
+    @property
+    def dropped(self) -> int:
+        """Messages lost: sent with no reader connected, plus overwrites readers reported
+        (backpressure off; readers report with their end-of-stream ack)."""
+        return self.unreached + sum(self._reader_drops.values())
 
-    def _acquire(self, nbytes: int) -> None:
+    @property
+    def readers_known(self) -> int:
+        return len(self._readers)
+
+    # -- credits -------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Take in every reader's acks and retire what all of them have taken."""
+        readers = self._readers
+        while (sample := self._ack_sub.receive()) is not None:
+            ack = sample.payload().contents
+            token, last, state, dropped = ack.token, ack.last_seq, ack.state, ack.dropped
+            sample.delete()
+            if state == ACK_CLOSED:
+                readers.pop(token, None)
+                continue
+            if token not in readers:
+                # A reader that has taken nothing yet joined now: it owes nothing sent before.
+                readers[token] = last if last else self.seq
+            elif last > readers[token]:
+                readers[token] = last
+            if dropped:
+                self._reader_drops[token] = dropped
+        connected = self._dyn.number_of_subscribers
+        while len(readers) > connected:
+            # A reader left and its goodbye was lost with its process: assume it is the one
+            # that stopped making progress.
+            del readers[min(readers, key=readers.__getitem__)]
+        if len(readers) < connected:
+            self._notifier.notify_with_custom_event_id(iox2.EventId.new(EVENT_ROLLCALL))
+            return  # an unheard reader may hold anything we sent: retire nothing
+        if readers:
+            slowest = min(readers.values())
+            inflight = self._inflight
+            while inflight and inflight[0][0] <= slowest:
+                self._inflight_bytes -= inflight.popleft()[1]
+
+    def _credit(self, nbytes: int) -> bool:
+        """True when a message of ``nbytes`` may be sent (or loaned) now."""
+        count = len(self._inflight) + self._reserved
+        if count >= self._half_count or \
+                self._inflight_bytes + self._reserved_bytes + nbytes > self._half_bytes or \
+                len(self._readers) != self._dyn.number_of_subscribers:
+            self._refresh()
+            count = len(self._inflight) + self._reserved
+        if not self._readers:
+            return False  # nobody would get it: a lossless channel waits for a reader
+        used = self._inflight_bytes + self._reserved_bytes
+        return count < DEPTH and (count == 0 or used + nbytes <= self.capacity)
+
+    def _reserve(self, nbytes: int, timeout: float | None) -> None:
         if self.closed or self.eos_sent:
-            raise ChannelError(f"channel {self.name!r} is closed")
+            raise ChannelClosed(f"channel {self.name!r}: "
+                                f"{'closed' if self.closed else 'end of stream already sent'}")
         if nbytes > self.capacity:
-            need = 1 << (nbytes - 1).bit_length()
-            raise ChannelError(f"message of {nbytes} bytes does not fit channel {self.name!r} "
-                               f"(capacity {self.capacity}); set the connection's capacity "
-                               f"to at least {need}")
-        if self.backpressure:
-            self._wait_for(lambda: self._has_credit(nbytes), "readers to catch up", None)
-        elif self.reader_count < self.expected_readers:
-            self._wait_for(lambda: self.reader_count >= self.expected_readers, "readers", None)
+            need = 1 << max(nbytes - 1, 1).bit_length()
+            raise ChannelError(f"a {nbytes}-byte payload does not fit channel {self.name!r} "
+                               f"(capacity {self.capacity} bytes); raise the connection's "
+                               f"capacity to {need}")
+        if self.backpressure and not self._credit(nbytes):
+            self._block(lambda: self._credit(nbytes), "readers to take messages", timeout)
+        self._reserved += 1
+        self._reserved_bytes += nbytes
 
-    def _loan(self, nbytes: int) -> Any:
+    def _unreserve(self, nbytes: int) -> None:
+        self._reserved -= 1
+        self._reserved_bytes -= nbytes
+
+    def _block(self, ready: Callable[[], bool], what: str, timeout: float | None) -> None:
+        """Sleep on the ack event (and interrupt fds) until ``ready()``; no polling."""
+        started = time.monotonic_ns()
+        deadline = None if timeout is None else started + int(timeout * 1e9)
+        self.blocked += 1
+        plane = self.plane
         try:
-            return self.publisher.loan_slice_uninit(nbytes)
-        except Exception as exc:  # noqa: BLE001 - LoanError and friends
-            raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of shared "
-                               f"memory: {exc!r}") from None
-
-    def _send(self, sample: Any, nbytes: int) -> None:
-        sample.assume_init().send()
-        if self.backpressure:
-            self._sizes.append((self.sequence, nbytes))
-            self._outstanding_bytes += nbytes
-        self.sequence += 1
-        self.sent += 1
-        self.notifier.notify()
+            while not ready():
+                if plane._shut_down:
+                    raise ChannelClosed(f"channel {self.name!r}: shut down while waiting "
+                                        f"for {what}")
+                remaining = _FOREVER if deadline is None else \
+                    (deadline - time.monotonic_ns()) / 1e9
+                if remaining <= 0:
+                    raise ChannelTimeout(f"channel {self.name!r}: timed out after {timeout} s "
+                                         f"waiting for {what} ({self.subscriber_count} "
+                                         f"connected, {len(self._inflight)} messages in "
+                                         "flight)")
+                if self._waitset is None:
+                    self._waitset = plane._new_waitset([self._ack_listener],
+                                                       plane._interrupt_fds)
+                waitset, guards = self._waitset
+                ids, _result = waitset.wait_and_process_with_timeout(_duration(remaining))
+                self._ack_listener.try_wait()  # consume, or the WaitSet fires again at once
+                fds = guards[1:1 + len(plane._interrupt_fds)]
+                if plane._interrupt_cb is not None and \
+                        any(i.has_event_from(g) for i in ids for g in fds):
+                    plane._interrupt_cb()
+        finally:
+            self.blocked_ns += time.monotonic_ns() - started
 
     # -- sending -------------------------------------------------------------------------
-    def send(self, data: RuntimeData) -> None:
-        """Copy ``data`` into one shared-memory sample and send it (blocks while full)."""
-        nbytes = HEADER_SIZE + data.payload_size
-        self._acquire(nbytes)
-        sample = self._loan(nbytes)
+    def _loan(self, nbytes: int, timeout: float | None = None) -> Any:
+        self._reserve(nbytes, timeout)
         try:
-            data.write_into(sample.payload().as_memory_view(), self.session_id, self.sequence)
-        except BaseException:
-            sample.delete()
-            raise
-        self._send(sample, nbytes)
+            return self._publisher.loan_slice_uninit(wire.HEADER_SIZE + nbytes)
+        except Exception as exc:
+            self._unreserve(nbytes)
+            raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
+                               f"shared memory ({exc!r}); at most {LOANS} loans at once"
+                               ) from None
 
-    def loan_tensor(self, shape: tuple[int, ...] | int, dtype: Any) -> _Loan:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        dt = np.dtype(dtype)
-        if dt.str not in TENSOR_DTYPES:
-            raise WireFormatError(f"unsupported tensor dtype {dt}")
-        size = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        return _Loan(self, WireType.TENSOR, size, {"dtype": dt.str, "shape": shape}, dt, shape)
+    def _send_sample(self, sample: Any, kind: int, nbytes: int,
+                     fields: tuple[Any, ...]) -> None:
+        """Stamp the header into a loaned sample and publish it (the reservation becomes an
+        in-flight message)."""
+        self._unreserve(nbytes)
+        seq = self.seq + 1
+        inflight = self._inflight
+        flags = 0
+        if self.backpressure:
+            inflight.append((seq, nbytes))
+            self._inflight_bytes += nbytes
+            if len(inflight) >= self._half_count or self._inflight_bytes >= self._half_bytes:
+                flags = wire.FLAG_ACK
+        if kind == wire.EOS:
+            flags = wire.FLAG_ACK
+        wire.pack_header_into(self._hdr, kind, flags, nbytes, monotonic_stamp(), seq,
+                              self.session_id, fields)
+        ctypes.memmove(sample.payload_ptr, self._hdr_addr, wire.HEADER_SIZE)
+        self.seq = seq
+        if sample.assume_init().send() == 0:
+            self.unreached += 1
+        self.sent += 1
+        self._notifier.notify()
+
+    def send(self, data: RuntimeData, timeout: float | None = None) -> None:
+        """Copy ``data`` into one shared-memory sample and send it: exactly one copy of the
+        payload. With backpressure, blocks while the channel is full (ChannelTimeout after
+        ``timeout`` seconds; None waits until readers catch up or the plane shuts down)."""
+        nbytes = data.payload_size
+        sample = self._loan(nbytes, timeout)
+        if nbytes:
+            src, keepalive = data.payload_address()
+            ctypes.memmove(sample.payload_ptr + wire.HEADER_SIZE, src, nbytes)
+            del keepalive
+        self._send_sample(sample, data.kind, nbytes, data.wire_fields())
 
     def loan_audio(self, frames: int, sample_rate: int, channels: int = 1,
-                   dtype: Any = "float32") -> _Loan:
+                   dtype: Any = "float32") -> Loan:
+        """A zero-copy audio message: an array ``(frames,)`` (mono) or
+        ``(frames, channels)`` in shared memory, float32 or int16."""
         dt = np.dtype(dtype)
-        fmt = AUDIO_DTYPES.get(dt)
-        if fmt is None:
-            raise WireFormatError(f"audio samples must be float32 or int16, got {dt}")
-        shape = (frames,) if channels == 1 else (frames, channels)
-        meta = {"sample_rate": sample_rate, "channels": channels, "sample_format": fmt,
-                "frames": frames}
-        return _Loan(self, WireType.AUDIO, frames * channels * dt.itemsize, meta, dt, shape)
+        code = wire.SAMPLE_FORMAT_OF_DTYPE.get(dt)
+        if code is None:
+            raise wire.InvalidRuntimeData(f"audio samples must be float32 or int16, got {dt}")
+        if frames < 0 or sample_rate <= 0 or channels <= 0:
+            raise wire.InvalidRuntimeData(f"frames={frames}, sample_rate={sample_rate}, "
+                                          f"channels={channels}")
+        meta = wire.AudioMetadata(int(sample_rate), int(channels), wire.SAMPLE_FORMATS[code][0],
+                                  int(frames))
+        shape = (int(frames),) if channels == 1 else (int(frames), int(channels))
+        return Loan(self, wire.AUDIO, meta, dt, shape)
 
-    def send_eos(self) -> None:
-        if self.eos_sent:
+    def loan_video(self, width: int, height: int, format: str = "RGB24",
+                   fps: float = 30.0) -> Loan:
+        """A zero-copy video frame in shared memory, shaped as ``RuntimeData.video`` takes."""
+        pf = wire.PIXEL_FORMAT_NAMES.get(format)
+        if pf is None:
+            raise wire.InvalidRuntimeData(f"unknown pixel format {format!r}")
+        wire.check_video_size(pf, width, height, pf.frame_bytes(width, height))
+        meta = wire.VideoMetadata(int(width), int(height), pf.name, float(fps))
+        return Loan(self, wire.VIDEO, meta, np.dtype(np.uint8), pf.shape(width, height))
+
+    def loan_tensor(self, shape: tuple[int, ...] | int, dtype: Any) -> Loan:
+        """A zero-copy C-contiguous tensor in shared memory."""
+        dims = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        dt = np.dtype(dtype)
+        if dt.kind not in wire.TENSOR_KINDS or dt.byteorder == ">" or \
+                len(dims) > wire.MAX_TENSOR_NDIM:
+            raise wire.InvalidRuntimeData(f"unsupported tensor {dims} of {dt}")
+        return Loan(self, wire.TENSOR, wire.TensorMetadata(dims, dt.name), dt, dims)
+
+    def send_eos(self, timeout: float | None = None) -> None:
+        """Send end of stream (once). Nothing may be sent after it."""
+        if self.eos_sent or self.closed:
             return
-        self.send(RuntimeData.end_of_stream())
+        sample = self._loan(0, timeout)
+        self._send_sample(sample, wire.EOS, 0, ())
         self.eos_sent = True
 
-    def close(self, drain_timeout: float | None = None) -> None:
-        """End of stream, then keep the samples alive until every reader took them."""
+    def wait_for_readers(self, count: int = 1, timeout: float | None = None) -> None:
+        """Block until ``count`` readers are connected and have announced themselves."""
+        def ready() -> bool:
+            self._refresh()
+            return len(self._readers) >= count
+        if not ready():
+            self._block(ready, f"{count} reader(s)", timeout)
+
+    def close(self, drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT,
+              eos: bool = True) -> bool:
+        """Send end of stream (unless ``eos=False``), then keep the publisher — which owns
+        every sample in flight — until every reader has taken everything up to it, at most
+        ``drain_timeout`` seconds. Returns True when the readers drained the channel."""
         if self.closed:
-            return
+            return self.drained
         try:
-            self.send_eos()
-            if self.backpressure:
-                self._wait_for(lambda: self.occupancy == 0 and not self._sizes,
-                               "readers to drain the channel", drain_timeout)
-            else:
-                self._wait_for(lambda: all(s >= self.sequence for s in self._acked()),
-                               "readers to drain the channel", drain_timeout)
+            if eos:
+                self.send_eos(drain_timeout)
+
+            def drained() -> bool:
+                self._refresh()
+                if not self._readers:
+                    return bool(self._dyn.number_of_subscribers == 0)
+                return min(self._readers.values()) >= self.seq
+            self.drained = drained()
+            if not self.drained:
+                self._block(drained, "readers to drain the channel", drain_timeout)
+                self.drained = True
+        except ChannelError:
+            self.drained = False
         finally:
-            self.release()
+            self._release()
+        return self.drained
 
-    def _acked(self) -> Iterator[int]:
-        self._drain_acks()
-        return iter(self.readers.values())
-
-    def release(self) -> None:
+    def _release(self) -> None:
         self.closed = True
+        self._waitset = None
+        for port in (self._ack_sub, self._ack_listener, self._notifier, self._publisher):
+            port.delete()
+        # the port factories keep the services (and their files) alive
+        self.service = self._dyn = None
 
 
 class ChannelReader:
-    """The subscribing end of a channel (one per input port)."""
+    """A subscribing end of a channel (one per input port)."""
 
-    def __init__(self, plane: DataPlane, name: str, capacity: int, backpressure: bool) -> None:
+    def __init__(self, plane: DataPlane, name: str, capacity: int, backpressure: bool,
+                 max_subscribers: int | None) -> None:
+        self.plane = plane
         self.name = name
         self.capacity = capacity
         self.backpressure = backpressure
-        self.service = plane._pubsub(name, backpressure)
-        self.subscriber = self.service.subscriber_builder().create()
-        self.listener = plane._event(f"{name}/data").listener_builder().create()
-        self.ack_pub = (plane._acks(name).publisher_builder()
-                        .initial_max_slice_len(_ACK.size).create())
-        self.ack_notifier = plane._event(f"{name}/ack").notifier_builder().create()
-        self.token = secrets.randbits(63) or 1
+        self.service = plane._data_service(name, backpressure, max_subscribers)
+        self._dyn = self.service.dynamic_config
+        self._sub = self.service.subscriber_builder().buffer_size(DEPTH).create()
+        self._listener = plane._event_service(f"{name}/wake").listener_builder().create()
+        self._ack_pub = plane._ack_service(name).publisher_builder().create()
+        self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
+        self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
+        self._ack_pending = 0
+        self._ack_every = max(1, DEPTH // 4)
+        self._borrowed = 0
+        self._last_seq = 0
+        self._last_ts = 0
         self.received = 0
-        self.dropped = 0
-        self.rejected = 0
+        self.dropped = 0        # messages lost before this reader took them (seq gaps)
+        self.rejected = 0       # messages whose header failed verification
+        self.copied = 0         # messages copied because BORROW were already held
         self.eos = False
-        self.next_sequence: int | None = None
         self.closed = False
-        self._owners: weakref.WeakSet[_SampleOwner] = weakref.WeakSet()
-        self._ack(0)  # announce this reader to the writer
+        self._send_ack()        # announce ourselves: the writer counts us from now on
 
-    def _ack(self, next_sequence: int) -> None:
-        sample = self.ack_pub.loan_slice_uninit(_ACK.size)
-        _ACK.pack_into(sample.payload().as_memory_view(), 0, self.token, next_sequence)
-        sample.assume_init().send()
-        self.ack_notifier.notify()
+    @property
+    def publisher_count(self) -> int:
+        return int(self._dyn.number_of_publishers)
 
-    def pending(self) -> bool:
-        """Data (or end of stream) is waiting; also consumes the wake-up events."""
-        with contextlib.suppress(Exception):
-            self.listener.try_wait()
-        return not self.eos and bool(self.subscriber.has_samples())
+    @property
+    def subscriber_count(self) -> int:
+        return int(self._dyn.number_of_subscribers)
 
+    @property
+    def borrowed(self) -> int:
+        """Received samples still alive (held by RuntimeData or their arrays)."""
+        return self._borrowed
+
+    def has_data(self) -> bool:
+        """True when ``receive()`` has something to take (a message or end of stream)."""
+        return not self.closed and not self.eos and bool(self._sub.has_samples())
+
+    # -- acks ----------------------------------------------------------------------------
+    def _send_ack(self) -> None:
+        self._ack.last_seq = self._last_seq
+        self._ack.dropped = self.dropped
+        self._ack_pub.send_copy(self._ack)
+        self._ack_notifier.notify()
+        self._ack_pending = 0
+
+    def _flush_ack(self) -> None:
+        if self._ack_pending:
+            self._send_ack()
+
+    def _consume_wakeups(self) -> None:
+        for activation in self._listener.try_wait():
+            if activation.id.as_value() == EVENT_ROLLCALL and not self.closed:
+                self._send_ack()
+
+    def _released(self) -> None:
+        self._borrowed -= 1
+
+    # -- receiving -----------------------------------------------------------------------
     def receive(self) -> RuntimeData | None:
-        """The next message, or None when there is none (or end of stream arrived:
-        then ``eos`` is True)."""
+        """The next message, or None when nothing is waiting. End of stream is consumed
+        here too: ``receive()`` returns None and ``eos`` becomes True.
+
+        Raises WireFormatError for a message whose header fails verification (it is
+        dropped; the channel stays usable).
+        """
         if self.eos or self.closed:
             return None
-        try:
-            sample = self.subscriber.receive()
-        except Exception as exc:  # noqa: BLE001 - ReceiveError
-            raise ChannelError(
-                f"channel {self.name!r}: cannot receive ({exc!r}); a node may hold at most "
-                f"{MAX_BORROWED} received messages at once — copy what you keep "
-                "(np.array(data.as_array()))") from None
+        sample = self._sub.receive()
         if sample is None:
+            self._flush_ack()
             return None
+        ptr = sample.payload_ptr
+        total = sample.header.number_of_elements
         try:
-            data = RuntimeData.from_sample(sample)
+            if total < wire.HEADER_SIZE:
+                raise WireFormatError(f"invalid RuntimeData header: truncated message of "
+                                      f"{total} bytes")
+            header = wire.unpack_header(ctypes.string_at(ptr, wire.HEADER_SIZE),
+                                        total - wire.HEADER_SIZE)
+            self._check_order(header)
         except WireFormatError:
+            sample.delete()
             self.rejected += 1
             raise
-        self._owners.add(data._owner)  # type: ignore[arg-type]
-        seq = data.sequence
-        if self.next_sequence is not None and seq > self.next_sequence:
-            self.dropped += seq - self.next_sequence
-        self.next_sequence = seq + 1
-        self._ack(seq + 1)
-        if data.is_end_of_stream:
+        if header.flags & wire.FLAG_ACK:
+            self._ack_pending += 1
+            if header.kind == wire.EOS or self._ack_pending >= self._ack_every or \
+                    not self._sub.has_samples():
+                self._send_ack()
+        if header.kind == wire.EOS:
+            sample.delete()
             self.eos = True
             return None
         self.received += 1
-        return data
+        if self._borrowed < BORROW - 1:
+            self._borrowed += 1
+            hold = SampleHold(sample, ptr + wire.HEADER_SIZE, header.payload_size,
+                              self._released)
+            return RuntimeData.from_header(header, hold)
+        # The node holds BORROW samples already: keep the channel moving with one copy.
+        array = copy_out(ptr + wire.HEADER_SIZE, header.payload_size, header.kind,
+                         header.meta)
+        sample.delete()
+        self.copied += 1
+        return RuntimeData.from_header(header, None, array)
+
+    def _check_order(self, header: wire.Header) -> None:
+        if header.seq <= self._last_seq:
+            raise WireFormatError(f"channel {self.name!r}: sequence {header.seq} after "
+                                  f"{self._last_seq} (replayed or corrupted message)")
+        if header.timestamp_ns <= self._last_ts:
+            raise WireFormatError(f"channel {self.name!r}: timestamp {header.timestamp_ns} "
+                                  f"not after {self._last_ts} (timestamps must strictly "
+                                  "increase)")
+        if self._last_seq and header.seq > self._last_seq + 1:
+            self.dropped += header.seq - self._last_seq - 1
+        self._last_seq = header.seq
+        self._last_ts = header.timestamp_ns
 
     def close(self) -> None:
+        """Leave the channel. Received arrays that are still alive stay valid (their
+        samples are released when they die)."""
         if self.closed:
             return
         self.closed = True
-        for owner in list(self._owners):  # no sample may outlive its subscriber
-            owner.__del__()
+        self._ack.state = ACK_CLOSED
         with contextlib.suppress(Exception):
-            self._ack(_GONE)
+            self._send_ack()
+        # The goodbye sample dies with its publisher: keep the publisher until the plane
+        # closes, so the writer can still read it meanwhile.
+        self.plane._retired.append(self._ack_pub)
+        self.plane._waitsets.clear()
+        for port in (self._ack_notifier, self._listener, self._sub):
+            port.delete()
+        self.service = self._dyn = None
 
 
+# -- host-side housekeeping --------------------------------------------------------------
 def cleanup_dead_nodes() -> int:
-    """Remove the shared memory of iceoryx2 nodes whose process died (e.g. SIGKILL).
+    """Remove what iceoryx2 nodes of dead processes left behind (after SIGKILL).
 
-    Returns how many dead nodes were cleaned up."""
-    node = (iox2.NodeBuilder.new().signal_handling_mode(iox2.SignalHandlingMode.Disabled)
-            .create(iox2.ServiceType.Ipc))
+    Returns how many dead nodes were cleaned up.
+    """
+    config = iox2.config.global_config()
+    cleaned = 0
     try:
-        result = node.try_cleanup_dead_nodes()
-    except Exception:  # noqa: BLE001 - nothing to clean, or not permitted
+        states = iox2.Node.list(iox2.ServiceType.Ipc, config)
+    except Exception:
         return 0
-    finally:
-        del node
-    cleaned = getattr(result, "cleanups", None)
-    return int(cleaned) if isinstance(cleaned, int) else 0
+    for state in states:
+        # the binding exposes NodeState.Dead(view) as a class named "Dead" with field _0
+        if type(state).__name__ != "Dead":
+            continue
+        with contextlib.suppress(Exception):
+            if state._0.try_remove_stale_resources():
+                cleaned += 1
+    return cleaned
 
 
-def shm_files() -> list[str]:
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("iox2_"))
+def leftover_files() -> set[str]:
+    """iceoryx2 files on this machine now: ``/dev/shm/iox2_*`` and the entries of
+    ``/tmp/iceoryx2/{nodes,services}`` (compare before/after to find leaks)."""
+    return set(glob.glob("/dev/shm/iox2_*")) | set(glob.glob("/tmp/iceoryx2/services/*")) | \
+        set(glob.glob("/tmp/iceoryx2/nodes/*"))

@@ -1,10 +1,10 @@
 """RuntimeData: one message between nodes — audio, video, text or a tensor — with metadata.
 
 A RuntimeData is either *local* (built by node code around ordinary memory) or *received*
-(a read-only view straight onto a shared-memory sample). A received RuntimeData owns its
-sample: every numpy array handed out by ``as_array()`` keeps that owner alive through its
-``base`` chain, so the sample is released only when the last view is gone. iceoryx2 aborts
-the process if a released sample is touched; with this ownership no view can outlive it.
+(straight onto a shared-memory sample). A received RuntimeData owns its sample through a
+``SampleHold``; every array ``as_array()`` hands out has that hold in its ``base`` chain, so
+the sample is deleted only when the RuntimeData *and* every view are gone. iceoryx2 aborts
+the process when a deleted sample is touched; with this ownership no view can outlive one.
 """
 
 from __future__ import annotations
@@ -15,288 +15,298 @@ from typing import Any
 
 import numpy as np
 
+from nodehost import wire
 from nodehost.errors import WireFormatError
-from nodehost.wire import (
-    HEADER_SIZE,
-    MAX_NDIM,
-    MAX_SESSION_ID,
-    PIXEL_FORMATS,
-    TENSOR_DTYPES,
-    Header,
-    WireType,
-    frame_bytes,
-    pack_header,
-    unpack_header,
-)
+from nodehost.wire import InvalidRuntimeData, Metadata
 
-AUDIO_DTYPES = {np.dtype(np.float32): "f32", np.dtype(np.int16): "s16"}
-AUDIO_NUMPY = {"f32": np.dtype(np.float32), "s16": np.dtype(np.int16)}
+__all__ = ["RuntimeData", "SampleHold", "monotonic_stamp"]
+
+_last_stamp = 0
 
 
-class Metadata:
-    """Type-specific metadata with attribute access (``data.metadata.sample_rate``)."""
+def monotonic_stamp() -> int:
+    """CLOCK_MONOTONIC in ns, strictly increasing within this process.
 
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        object.__setattr__(self, "_fields", fields)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._fields[name]
-        except KeyError:
-            raise AttributeError(f"metadata has no field {name!r} "
-                                 f"(fields: {', '.join(self._fields)})") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("RuntimeData metadata is read-only")
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._fields)
-
-    def __repr__(self) -> str:
-        return f"Metadata({', '.join(f'{k}={v!r}' for k, v in self._fields.items())})"
+    CLOCK_MONOTONIC is system-wide on Linux, so a reader in another process can subtract it
+    from its own clock to get the hop latency.
+    """
+    global _last_stamp
+    now = time.monotonic_ns()
+    if now <= _last_stamp:
+        now = _last_stamp + 1
+    _last_stamp = now
+    return now
 
 
-class _Clock:
-    """Per-process timestamps: CLOCK_MONOTONIC (comparable across processes on one machine,
-    which is what hop latency needs) and strictly increasing within the process."""
+class SampleHold:
+    """Owns one received iceoryx2 sample and deletes it when garbage-collected.
 
-    last = 0
+    numpy arrays made from it (``array()``) keep it as their ``base``; the sample therefore
+    lives exactly as long as the last RuntimeData or view that can reach its memory.
+    """
 
-    @classmethod
-    def now(cls) -> int:
-        ts = time.monotonic_ns()
-        if ts <= cls.last:
-            ts = cls.last + 1
-        cls.last = ts
-        return ts
+    __slots__ = ("__array_interface__", "__weakref__", "_on_release", "nbytes", "ptr",
+                 "sample")
 
-
-class _SampleOwner:
-    """Holds a received iceoryx2 sample; releases it exactly once, when nothing uses it."""
-
-    __slots__ = ("__weakref__", "on_release", "sample")
-
-    def __init__(self, sample: Any, on_release: Any = None) -> None:
+    def __init__(self, sample: Any, ptr: int, nbytes: int, on_release: Any = None) -> None:
         self.sample = sample
-        self.on_release = on_release
+        self.ptr = ptr
+        self.nbytes = nbytes
+        self._on_release = on_release
+
+    def array(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+        # One dict per hold; numpy reads it once and keeps ``self`` as the array's base.
+        self.__array_interface__ = {"data": (self.ptr, True), "shape": shape,
+                                    "typestr": dtype.str, "version": 3}
+        return np.asarray(self)
 
     def __del__(self) -> None:
         sample, self.sample = self.sample, None
         if sample is not None:
             sample.delete()
-            if self.on_release is not None:
-                self.on_release()
+            if self._on_release is not None:
+                self._on_release()
 
 
-def _view(address: int, size: int, owner: object) -> np.ndarray:
-    """A read-only uint8 array over ``size`` bytes at ``address`` whose base keeps ``owner``
-    alive (numpy views of it keep the ctypes buffer, which keeps the owner)."""
-    buffer = (ctypes.c_uint8 * size).from_address(address)
-    buffer._nodehost_owner = owner  # type: ignore[attr-defined]
-    array = np.frombuffer(buffer, dtype=np.uint8)
-    array.flags.writeable = False
-    return array
-
-
-def _check_session_id(session_id: str) -> bytes:
-    raw = session_id.encode("ascii", errors="strict") if session_id.isascii() else None
-    if raw is None:
-        raise WireFormatError(f"session id {session_id!r} must be ASCII")
-    if len(raw) > MAX_SESSION_ID:
-        raise WireFormatError(f"session id {session_id!r} is {len(raw)} bytes; at most "
-                              f"{MAX_SESSION_ID}")
-    return raw
+def _readonly(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 class RuntimeData:
     """One message. Build with ``RuntimeData.audio/.video/.text/.tensor``."""
 
-    __slots__ = ("_array", "_owner", "data_type", "metadata", "session_id", "timestamp_ns",
-                 "_wire_type", "_meta", "sequence")
+    __slots__ = ("_array", "_fields", "_hold", "_kind", "_meta", "_text", "payload_size",
+                 "seq", "session_id", "timestamp_ns")
 
-    def __init__(self, wire_type: WireType, array: np.ndarray, meta: dict[str, Any], *,
-                 session_id: str = "", timestamp_ns: int = 0, sequence: int = 0,
-                 owner: object = None) -> None:
-        self._wire_type = wire_type
-        self._array = array
+    def __init__(self, kind: int, meta: Metadata, payload_size: int, *,
+                 array: np.ndarray | None = None, text: str | None = None,
+                 hold: SampleHold | None = None, session_id: str = "",
+                 timestamp_ns: int = 0, seq: int = 0) -> None:
+        self._kind = kind
         self._meta = meta
-        self._owner = owner
-        self.data_type = _NAMES[wire_type]
-        self.metadata = Metadata(meta)
+        self._fields: tuple[Any, ...] | None = None
+        self._array = array
+        self._text = text
+        self._hold = hold
+        self.payload_size = payload_size
         self.session_id = session_id
-        self.timestamp_ns = timestamp_ns
-        self.sequence = sequence
+        self.timestamp_ns = timestamp_ns or monotonic_stamp()
+        self.seq = seq
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
-    def audio(cls, samples: Any, sample_rate: int, channels: int = 1) -> RuntimeData:
+    def audio(cls, samples: Any, sample_rate: int, channels: int = 1, *,
+              session_id: str = "") -> RuntimeData:
+        """Interleaved PCM, float32 ("f32") or int16 ("s16"): a C-contiguous array shaped
+        ``(frames,)`` (mono or interleaved) or ``(frames, channels)``."""
         array = np.asarray(samples)
-        fmt = AUDIO_DTYPES.get(array.dtype)
-        if fmt is None:
-            if array.dtype.kind == "f":  # float64 from numpy math: one conversion, not an error
-                array, fmt = array.astype(np.float32), "f32"
-            else:
-                raise WireFormatError(f"audio samples must be float32 or int16, got "
-                                      f"{array.dtype}")
+        code = wire.SAMPLE_FORMAT_OF_DTYPE.get(array.dtype.newbyteorder("<"))
+        if code is None or array.dtype.byteorder == ">":
+            raise InvalidRuntimeData(
+                f"audio samples must be float32 or int16, got {array.dtype}; convert with "
+                "samples.astype(np.float32)")
         if not array.flags.c_contiguous:
-            raise WireFormatError("audio samples must be C-contiguous (interleaved frames); "
-                                  "pass np.ascontiguousarray(samples)")
-        if sample_rate <= 0 or channels <= 0:
-            raise WireFormatError("sample_rate and channels must be > 0")
-        if array.ndim == 2 and array.shape[1] != channels:
-            raise WireFormatError(f"audio array has {array.shape[1]} columns but "
-                                  f"channels={channels}")
-        if array.ndim > 2 or array.size % channels:
-            raise WireFormatError(f"audio shape {array.shape} does not hold whole frames of "
-                                  f"{channels} channel(s)")
-        meta = {"sample_rate": int(sample_rate), "channels": int(channels),
-                "sample_format": fmt, "frames": array.size // channels}
-        return cls(WireType.AUDIO, array, meta)
+            raise InvalidRuntimeData("audio samples must be C-contiguous (interleaved "
+                                     "frames); pass np.ascontiguousarray(samples)")
+        if int(sample_rate) <= 0 or int(channels) <= 0:
+            raise InvalidRuntimeData(f"sample_rate ({sample_rate}) and channels ({channels}) "
+                                     "must be > 0")
+        if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != channels) \
+                or array.size % channels:
+            raise InvalidRuntimeData(f"audio shape {array.shape} is not whole frames of "
+                                     f"{channels} channel(s): use (frames,) or "
+                                     f"(frames, {channels})")
+        meta = wire.AudioMetadata(int(sample_rate), int(channels),
+                                  wire.SAMPLE_FORMATS[code][0], array.size // channels)
+        return cls._local(wire.AUDIO, meta, array, session_id)
 
     @classmethod
-    def video(cls, frame: Any, format: str = "RGB24", fps: float = 30.0,  # noqa: A002
-              width: int | None = None, height: int | None = None) -> RuntimeData:
+    def video(cls, frame: Any, format: str = "RGB24", fps: float = 30.0, *,
+              width: int | None = None, height: int | None = None,
+              session_id: str = "") -> RuntimeData:
+        """One uint8 frame with every plane of its pixel format: ``(h, w, 3)`` RGB24/BGR24,
+        ``(h, w, 4)`` RGBA/BGRA, ``(h, w)`` GRAY8, ``(h*3/2, w)`` I420 (= YUV420P) and NV12.
+        A flat frame needs ``width`` and ``height``."""
+        pf = wire.PIXEL_FORMAT_NAMES.get(format)
+        if pf is None:
+            raise InvalidRuntimeData(f"unknown pixel format {format!r} (known: "
+                                     f"{', '.join(wire.PIXEL_FORMAT_NAMES)})")
         array = np.asarray(frame)
-        if format not in PIXEL_FORMATS:
-            raise WireFormatError(f"unknown pixel format {format!r} (known: "
-                                  f"{', '.join(PIXEL_FORMATS)})")
         if array.dtype != np.uint8:
-            raise WireFormatError(f"video frames are uint8, got {array.dtype}")
+            raise InvalidRuntimeData(f"video frames are uint8, got {array.dtype}")
         if not array.flags.c_contiguous:
-            raise WireFormatError("video frame must be C-contiguous")
-        if not fps > 0:
-            raise WireFormatError("fps must be > 0")
-        if height is None or width is None:
+            raise InvalidRuntimeData("video frames must be C-contiguous; pass "
+                                     "np.ascontiguousarray(frame)")
+        if not 0.0 < float(fps) < float("inf"):
+            raise InvalidRuntimeData(f"fps must be a positive number, got {fps}")
+        if width is None or height is None:
             if array.ndim < 2:
-                raise WireFormatError("pass width and height for a flat video frame")
-            height, width = array.shape[0], array.shape[1]
-            if PIXEL_FORMATS[format][1] == 2:  # planar 4:2:0: (h*3/2, w) layout
-                height = height * 2 // 3
-        needed = frame_bytes(format, width, height)
-        if array.nbytes != needed:
-            raise WireFormatError(f"a {width}x{height} {format} frame has {needed} bytes "
-                                  f"(all planes); got {array.nbytes}")
-        meta = {"width": int(width), "height": int(height), "format": format,
-                "fps": float(fps)}
-        return cls(WireType.VIDEO, array, meta)
+                raise InvalidRuntimeData(f"a flat {pf.name} frame needs width= and height=")
+            rows, width = array.shape[0], array.shape[1]
+            height = rows * 2 // 3 if pf.planar_420 else rows
+        try:
+            wire.check_video_size(pf, int(width), int(height), array.nbytes)
+        except WireFormatError as exc:
+            planes = " (Y plane w*h, then U and V at w/2 x h/2)" if pf.planar_420 else ""
+            raise InvalidRuntimeData(f"{exc}{planes}; got a frame shaped {array.shape}") \
+                from None
+        if array.ndim > 1 and array.shape != pf.shape(width, height):
+            raise InvalidRuntimeData(f"a {width}x{height} {pf.name} frame is shaped "
+                                     f"{pf.shape(width, height)}, got {array.shape}")
+        meta = wire.VideoMetadata(int(width), int(height), pf.name, float(fps))
+        return cls._local(wire.VIDEO, meta, array, session_id)
 
     @classmethod
-    def text(cls, text: str, language: str | None = None) -> RuntimeData:
+    def text(cls, text: str, language: str | None = None, *,
+             session_id: str = "") -> RuntimeData:
+        """UTF-8 text; ``language`` an ASCII tag such as "en" or "en-US" (≤ 35 chars)."""
         if not isinstance(text, str):
-            raise WireFormatError(f"text must be str, got {type(text).__name__}")
-        if language is not None and (not language.isascii() or len(language) > 16):
-            raise WireFormatError(f"language {language!r} must be ASCII, at most 16 chars")
-        array = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        return cls(WireType.TEXT, array, {"encoding": "utf-8", "language": language})
+            raise InvalidRuntimeData(f"text must be str, got {type(text).__name__}")
+        if language is not None and (not language.isascii()
+                                     or not 0 < len(language) <= wire.MAX_LANGUAGE):
+            raise InvalidRuntimeData(f"language {language!r} must be an ASCII tag of 1 to "
+                                     f"{wire.MAX_LANGUAGE} characters")
+        raw = text.encode("utf-8")
+        array = np.frombuffer(raw, dtype=np.uint8)
+        meta = wire.TextMetadata("utf-8", language)
+        return cls._local(wire.TEXT, meta, array, session_id, text=text)
 
     @classmethod
-    def tensor(cls, array: Any) -> RuntimeData:
+    def tensor(cls, array: Any, *, session_id: str = "") -> RuntimeData:
+        """A C-contiguous numeric array (bool, ints, floats, complex; at most 8 dims)."""
         arr = np.asarray(array)
         if not arr.flags.c_contiguous:
-            raise WireFormatError("tensors must be C-contiguous; pass np.ascontiguousarray(x)")
-        dtype = arr.dtype.newbyteorder("<").str if arr.dtype.byteorder == ">" else arr.dtype.str
-        if dtype.startswith("="):
-            dtype = "<" + dtype[1:]
-        if dtype not in TENSOR_DTYPES:
-            raise WireFormatError(f"unsupported tensor dtype {arr.dtype}")
-        if arr.dtype.byteorder == ">":
-            raise WireFormatError("big-endian tensors are not supported; use .astype('<...')")
-        if arr.ndim > MAX_NDIM:
-            raise WireFormatError(f"tensors have at most {MAX_NDIM} dimensions")
-        return cls(WireType.TENSOR, arr, {"dtype": dtype, "shape": tuple(arr.shape)})
+            raise InvalidRuntimeData("tensors must be C-contiguous; pass "
+                                     "np.ascontiguousarray(x)")
+        if arr.dtype.kind not in wire.TENSOR_KINDS or arr.dtype.byteorder == ">":
+            raise InvalidRuntimeData(f"unsupported tensor dtype {arr.dtype}: little-endian "
+                                     "bool, integer, float or complex only")
+        if arr.ndim > wire.MAX_TENSOR_NDIM:
+            raise InvalidRuntimeData(f"tensors have at most {wire.MAX_TENSOR_NDIM} "
+                                     f"dimensions, got {arr.ndim}")
+        meta = wire.TensorMetadata(tuple(int(d) for d in arr.shape), arr.dtype.name)
+        return cls._local(wire.TENSOR, meta, arr, session_id)
 
     @classmethod
-    def end_of_stream(cls) -> RuntimeData:
-        return cls(WireType.END_OF_STREAM, np.empty(0, np.uint8), {})
+    def _local(cls, kind: int, meta: Metadata, array: np.ndarray, session_id: str,
+               text: str | None = None) -> RuntimeData:
+        wire.encode_session_id(session_id)
+        return cls(kind, meta, array.nbytes, array=_readonly(array), text=text,
+                   session_id=session_id)
 
     # -- access --------------------------------------------------------------------------
     @property
-    def is_end_of_stream(self) -> bool:
-        return self._wire_type is WireType.END_OF_STREAM
+    def data_type(self) -> str:
+        """"audio", "video", "text" or "tensor"."""
+        return wire.KIND_NAMES[self._kind]
 
     @property
-    def payload_size(self) -> int:
-        return int(self._array.nbytes)
+    def metadata(self) -> Metadata:
+        return self._meta
 
     @property
     def is_shared(self) -> bool:
-        """True when the payload is a view onto a shared-memory sample."""
-        return self._owner is not None
+        """True while the payload is a view onto a received shared-memory sample."""
+        return self._hold is not None
 
     def as_array(self) -> np.ndarray:
-        """The payload as numpy, shaped by type. Received data: a read-only zero-copy view."""
+        """The payload as a read-only numpy array, shaped by type (see ``wire.array_spec``).
+
+        For received data it is a view onto shared memory: zero-copy, and the sample stays
+        alive as long as this array (or any view of it) does.
+        """
+        if self._array is None:
+            hold = self._hold
+            if hold is None:
+                raise ValueError("this RuntimeData was released")
+            dtype, shape = wire.array_spec(self._kind, self._meta, self.payload_size)
+            self._array = hold.array(dtype, shape)
         return self._array
 
     def as_text(self) -> str:
-        if self._wire_type is not WireType.TEXT:
+        if self._kind != wire.TEXT:
             raise TypeError(f"as_text() on {self.data_type} data")
-        return self._array.tobytes().decode("utf-8")
+        if self._text is None:
+            try:
+                self._text = self.as_array().tobytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise WireFormatError(f"text payload is not valid UTF-8: {exc}") from None
+        return self._text
+
+    def release(self) -> None:
+        """Drop this message's hold on its payload. A received sample goes back to its
+        writer now, unless arrays from ``as_array()`` are still alive (then when they die)."""
+        self._array = None
+        self._hold = None
+
+    def __enter__(self) -> RuntimeData:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
     def __repr__(self) -> str:
-        return (f"RuntimeData({self.data_type}, {self.payload_size} bytes, "
-                f"{self.metadata!r})")
+        return f"RuntimeData({self.data_type}, {self.payload_size} bytes, {self._meta!r})"
 
     # -- wire ----------------------------------------------------------------------------
-    def write_into(self, buf: memoryview, session_id: bytes, sequence: int,
-                   timestamp_ns: int | None = None, *, payload: bool = True) -> None:
-        """Header (and, unless ``payload=False``, one copy of the payload) into ``buf``."""
-        ts = _Clock.now() if timestamp_ns is None else timestamp_ns
-        pack_header(buf, self._wire_type, self.payload_size, ts, sequence, session_id,
-                    self._meta)
-        if payload and self.payload_size:
-            dst = np.frombuffer(buf, dtype=np.uint8, count=self.payload_size,
-                                offset=HEADER_SIZE)
-            np.copyto(dst, self._array.reshape(-1).view(np.uint8))
+    @property
+    def kind(self) -> int:
+        """The wire data-type code."""
+        return self._kind
 
-    def to_bytes(self, session_id: str = "", sequence: int = 0) -> bytes:
-        buf = bytearray(HEADER_SIZE + self.payload_size)
-        self.write_into(memoryview(buf), _check_session_id(session_id), sequence)
-        return bytes(buf)
+    def wire_fields(self) -> tuple[Any, ...]:
+        """The type-specific header fields (cached: a message may be sent more than once)."""
+        if self._fields is None:
+            self._fields = wire.meta_fields(self._kind, self._meta)
+        return self._fields
+
+    def payload_address(self) -> tuple[int, Any]:
+        """``(address, keepalive)`` of the payload bytes, for a single memmove into a sample;
+        ``keepalive`` must be held until the copy is done."""
+        hold = self._hold
+        if hold is not None:
+            return hold.ptr, hold
+        array = self.as_array()
+        return array.__array_interface__["data"][0], array
+
+    def to_bytes(self, seq: int = 0) -> bytes:
+        """Header and payload as plain bytes (files, tests, fuzzing)."""
+        header = wire.pack_header(self._kind, 0, self.payload_size, self.timestamp_ns, seq,
+                                  self.session_id, self._meta)
+        return header + self.as_array().tobytes()
 
     @classmethod
     def from_bytes(cls, raw: bytes | bytearray | memoryview) -> RuntimeData:
-        """Parse a message held in ordinary memory (tests, fuzzing, files)."""
-        header = unpack_header(raw)
-        array = np.frombuffer(raw, dtype=np.uint8, offset=HEADER_SIZE).copy()
-        array.flags.writeable = False
-        return cls._from_header(header, array, None)
+        """Parse and verify a message held in ordinary memory. The payload of a ``bytes``
+        object is used in place (read-only); other buffers are copied once."""
+        data = raw if isinstance(raw, bytes) else bytes(raw)
+        header = wire.unpack_header(data[:wire.HEADER_SIZE],
+                                    len(data) - wire.HEADER_SIZE)
+        if header.kind == wire.EOS:
+            raise WireFormatError("an end-of-stream marker is not a RuntimeData")
+        dtype, shape = wire.array_spec(header.kind, header.meta, header.payload_size)
+        array = np.frombuffer(data, dtype=dtype, offset=wire.HEADER_SIZE,
+                              count=header.payload_size // dtype.itemsize).reshape(shape)
+        return cls(header.kind, header.meta, header.payload_size, array=array,
+                   session_id=header.session_id, timestamp_ns=header.timestamp_ns,
+                   seq=header.seq)
 
     @classmethod
-    def from_sample(cls, sample: Any, on_release: Any = None) -> RuntimeData:
-        """Take ownership of a received iceoryx2 sample (released when unused)."""
-        owner = _SampleOwner(sample, on_release)
-        payload = sample.payload()
-        size = payload.len()
-        address = payload.data_ptr if isinstance(payload.data_ptr, int) else payload.data_ptr()
-        whole = _view(address, size, owner)
-        header = unpack_header(whole[:HEADER_SIZE].data, total_size=size)
-        return cls._from_header(header, whole[HEADER_SIZE:], owner)
-
-    @classmethod
-    def _from_header(cls, header: Header, payload: np.ndarray, owner: object) -> RuntimeData:
-        meta = dict(header.meta)
-        wt = header.wire_type
-        if wt is WireType.AUDIO:
-            arr = payload.view(_AUDIO_NUMPY[meta["sample_format"]])
-            if meta["channels"] > 1:
-                arr = arr.reshape(-1, meta["channels"])
-        elif wt is WireType.VIDEO:
-            h, w = meta["height"], meta["width"]
-            num, den = PIXEL_FORMATS[meta["format"]]
-            if den == 1:
-                arr = payload.reshape(h, w, num) if num > 1 else payload.reshape(h, w)
-            else:
-                arr = payload.reshape(h * num // den, w)
-        elif wt is WireType.TENSOR:
-            arr = payload.view(np.dtype(meta["dtype"])).reshape(meta["shape"])
-        else:
-            arr = payload
-        return cls(wt, arr, meta, session_id=header.session_id,
-                   timestamp_ns=header.timestamp_ns, sequence=header.sequence, owner=owner)
+    def from_header(cls, header: wire.Header, hold: SampleHold | None,
+                    array: np.ndarray | None = None) -> RuntimeData:
+        """A received message: onto a sample (``hold``) or onto a private copy (``array``)."""
+        return cls(header.kind, header.meta, header.payload_size, array=array, hold=hold,
+                   session_id=header.session_id, timestamp_ns=header.timestamp_ns,
+                   seq=header.seq)
 
 
-_AUDIO_NUMPY = AUDIO_NUMPY
-_NAMES = {WireType.AUDIO: "audio", WireType.VIDEO: "video", WireType.TEXT: "text",
-          WireType.TENSOR: "tensor", WireType.END_OF_STREAM: "end_of_stream"}
+def copy_out(ptr: int, nbytes: int, kind: int, meta: Metadata) -> np.ndarray:
+    """A private read-only copy of a payload sitting at ``ptr`` (when zero-copy must stop)."""
+    dtype, shape = wire.array_spec(kind, meta, nbytes)
+    out = np.empty(shape, dtype)
+    if nbytes:
+        ctypes.memmove(out.ctypes.data, ptr, nbytes)
+    out.flags.writeable = False
+    return out

@@ -1,185 +1,337 @@
-"""The RuntimeData wire format: a fixed 256-byte header, then the payload, in one sample.
+"""The RuntimeData wire format: a fixed 256-byte header in front of the payload.
 
-Documented byte for byte in docs/wire-format.md. Everything read from a channel is checked
-(magic, version, CRC, sizes, type-specific fields) before any of it is trusted.
+One message is one shared-memory sample: ``header (256 bytes) | payload (payload_size bytes)``.
+Every byte of the header is documented in ``docs/wire-format.md``; this module is the only code
+that packs or parses it. A header read from a channel is untrusted input: ``unpack_header``
+checks the CRC first, then every field, and raises ``WireFormatError`` rather than return
+anything it could not fully verify.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
-from dataclasses import dataclass
-from enum import IntEnum
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from nodehost.errors import WireFormatError
 
 HEADER_SIZE = 256
 MAGIC = b"NHRD"
 VERSION = 1
-MAX_SESSION_ID = 47
-MAX_NDIM = 8
+MAX_SESSION_ID = 64      # UTF-8 bytes
+MAX_LANGUAGE = 35        # BCP 47 tags are at most 35 characters in practice
+MAX_TENSOR_NDIM = 8
+CRC_OFFSET = HEADER_SIZE - 4
 
-# magic, version, data_type, flags, payload_size, timestamp_ns, sequence, session id
-_COMMON = struct.Struct("<4sHBBQQQB47s")  # 80 bytes
-_AUDIO = struct.Struct("<IHBxQ")  # sample_rate, channels, sample_format, frames
-_VIDEO = struct.Struct("<II8sd")  # width, height, pixel format, fps
-_TEXT = struct.Struct("<8s16s")  # encoding, language
-_TENSOR = struct.Struct("<8sB7x8Q")  # dtype, ndim, shape[8]
-_TYPE_OFFSET = 80
-_CRC_OFFSET = 248
-assert _COMMON.size == _TYPE_OFFSET
+# data_type byte
+AUDIO, VIDEO, TEXT, TENSOR, EOS = 1, 2, 3, 4, 15
+KIND_NAMES = {AUDIO: "audio", VIDEO: "video", TEXT: "text", TENSOR: "tensor", EOS: "eos"}
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 
+# flags byte
+FLAG_ACK = 0x01          # channel protocol: the writer asks readers to report progress
+KNOWN_FLAGS = FLAG_ACK
 
-class WireType(IntEnum):
-    AUDIO = 1
-    VIDEO = 2
-    TEXT = 3
-    TENSOR = 4
-    END_OF_STREAM = 15
+SAMPLE_FORMATS: dict[int, tuple[str, np.dtype[Any]]] = {
+    1: ("f32", np.dtype("<f4")), 2: ("s16", np.dtype("<i2"))}
+SAMPLE_FORMAT_CODES = {name: code for code, (name, _dt) in SAMPLE_FORMATS.items()}
+SAMPLE_FORMAT_OF_DTYPE = {dt: code for code, (_name, dt) in SAMPLE_FORMATS.items()}
 
-
-DATA_TYPE_NAMES = {WireType.AUDIO: "audio", WireType.VIDEO: "video", WireType.TEXT: "text",
-                   WireType.TENSOR: "tensor"}
-SAMPLE_FORMATS = {1: "f32", 2: "s16"}
-SAMPLE_FORMAT_CODES = {v: k for k, v in SAMPLE_FORMATS.items()}
-SAMPLE_FORMAT_BYTES = {"f32": 4, "s16": 2}
-# bytes per pixel, as (numerator, denominator): I420 carries 1.5 bytes per pixel
-PIXEL_FORMATS: dict[str, tuple[int, int]] = {
-    "RGB24": (3, 1), "BGR24": (3, 1), "RGBA": (4, 1), "BGRA": (4, 1), "GRAY8": (1, 1),
-    "I420": (3, 2), "NV12": (3, 2),
-}
-TENSOR_DTYPES = {"|b1", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f2", "<f4",
-                 "<f8", "<c8", "<c16"}
+TEXT_ENCODINGS = {1: "utf-8"}
 
 
-@dataclass(frozen=True)
-class Header:
-    """A parsed, validated header. ``meta`` holds the type-specific fields."""
+class InvalidRuntimeData(WireFormatError, ValueError):
+    """Arguments that cannot make a valid message (raised when building, not when parsing)."""
 
-    wire_type: WireType
+
+class PixelFormat(NamedTuple):
+    code: int
+    name: str
+    channels: int        # bytes per pixel of a packed format; 0 for planar 4:2:0
+    planar_420: bool
+
+    def frame_bytes(self, width: int, height: int) -> int:
+        if self.planar_420:  # Y plane w*h, then chroma at quarter resolution: w*h/2 more
+            return width * height * 3 // 2
+        return width * height * self.channels
+
+    def shape(self, width: int, height: int) -> tuple[int, ...]:
+        if self.planar_420:  # the usual (OpenCV, ffmpeg) layout: chroma rows below luma
+            return (height * 3 // 2, width)
+        if self.channels == 1:
+            return (height, width)
+        return (height, width, self.channels)
+
+
+PIXEL_FORMATS = {pf.code: pf for pf in (
+    PixelFormat(1, "RGB24", 3, False),
+    PixelFormat(2, "BGR24", 3, False),
+    PixelFormat(3, "RGBA", 4, False),
+    PixelFormat(4, "BGRA", 4, False),
+    PixelFormat(5, "GRAY8", 1, False),
+    PixelFormat(6, "I420", 0, True),
+    PixelFormat(7, "NV12", 0, True),
+)}
+PIXEL_FORMAT_NAMES = {pf.name: pf for pf in PIXEL_FORMATS.values()}
+PIXEL_FORMAT_NAMES["YUV420P"] = PIXEL_FORMAT_NAMES["I420"]
+
+# numpy kinds a tensor may carry: bool, signed, unsigned, float, complex (no objects, strings)
+TENSOR_KINDS = frozenset("biufc")
+
+
+# -- metadata, as users see it ---------------------------------------------------------------
+class AudioMetadata(NamedTuple):
+    sample_rate: int
+    channels: int
+    sample_format: str   # "f32" | "s16" (little-endian, interleaved)
+    frames: int
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.sample_format == "f32" else "int16"
+
+
+class VideoMetadata(NamedTuple):
+    width: int
+    height: int
+    format: str          # a PIXEL_FORMATS name
+    fps: float
+
+    @property
+    def pixel_format(self) -> str:
+        return self.format
+
+
+class TextMetadata(NamedTuple):
+    encoding: str
+    language: str | None
+
+
+class TensorMetadata(NamedTuple):
+    shape: tuple[int, ...]
+    dtype: str           # numpy dtype name, e.g. "float32"
+
+
+class EosMetadata(NamedTuple):
+    pass
+
+
+Metadata = AudioMetadata | VideoMetadata | TextMetadata | TensorMetadata | EosMetadata
+
+
+class Header(NamedTuple):
+    kind: int
+    flags: int
     payload_size: int
     timestamp_ns: int
-    sequence: int
+    seq: int
     session_id: str
-    meta: dict[str, object]
+    meta: Metadata
 
 
-def _text(raw: bytes, field: str) -> str:
-    try:
-        return raw.rstrip(b"\0").decode("ascii")
-    except UnicodeDecodeError:
-        raise WireFormatError(f"header field {field} is not ASCII") from None
+# -- byte layout -----------------------------------------------------------------------------
+# magic, version, header_size, data_type, flags, session_id_len, reserved8, reserved32,
+# payload_size, timestamp_ns, seq, session_id
+_COMMON = "<4sHHBBBBIQQQ64s"
+_TAILS = {
+    # sample_rate, channels, sample_format, reserved8, frames
+    AUDIO: "IHBBQ",
+    # width, height, pixel_format, 3 reserved, fps
+    VIDEO: "IIB3xd",
+    # encoding, language_len, language
+    TEXT: "BB35s",
+    # dtype str, ndim, 7 reserved, shape[8]
+    TENSOR: "8sB7x8Q",
+    EOS: "",
+}
 
 
-def frame_bytes(fmt: str, width: int, height: int) -> int:
-    num, den = PIXEL_FORMATS[fmt]
-    return width * height * num // den
+def _layout(tail: str) -> struct.Struct:
+    fmt = _COMMON + tail
+    pad = CRC_OFFSET - struct.calcsize(fmt)
+    return struct.Struct(fmt + f"{pad}x")
 
 
-def pack_header(buf: memoryview | bytearray, wire_type: WireType, payload_size: int,
-                timestamp_ns: int, sequence: int, session_id: bytes,
-                meta: dict[str, object]) -> None:
-    """Write a header into the first 256 bytes of ``buf`` (in place: no allocation of the
-    payload, which may already sit in shared memory)."""
-    if len(session_id) > MAX_SESSION_ID:
-        raise WireFormatError(f"session id is {len(session_id)} bytes; at most "
-                              f"{MAX_SESSION_ID} fit in the header")
-    if isinstance(buf, memoryview) and buf.format != "B":
-        buf = buf.cast("B")  # iceoryx2 hands out "<B" views, which refuse slice assignment
-    buf[:HEADER_SIZE] = bytes(HEADER_SIZE)
-    _COMMON.pack_into(buf, 0, MAGIC, VERSION, int(wire_type), 0, payload_size, timestamp_ns,
-                      sequence, len(session_id), session_id)
-    if wire_type is WireType.AUDIO:
-        _AUDIO.pack_into(buf, _TYPE_OFFSET, meta["sample_rate"], meta["channels"],
-                         SAMPLE_FORMAT_CODES[str(meta["sample_format"])], meta["frames"])
-    elif wire_type is WireType.VIDEO:
-        _VIDEO.pack_into(buf, _TYPE_OFFSET, meta["width"], meta["height"],
-                         str(meta["format"]).encode(), meta["fps"])
-    elif wire_type is WireType.TEXT:
-        _TEXT.pack_into(buf, _TYPE_OFFSET, str(meta["encoding"]).encode(),
-                        str(meta.get("language") or "").encode())
-    elif wire_type is WireType.TENSOR:
-        shape = tuple(meta["shape"])  # type: ignore[call-overload]
-        _TENSOR.pack_into(buf, _TYPE_OFFSET, str(meta["dtype"]).encode(), len(shape),
-                          *shape, *([0] * (MAX_NDIM - len(shape))))
-    struct.pack_into("<I", buf, _CRC_OFFSET, zlib.crc32(buf[:_CRC_OFFSET]))
+STRUCTS = {kind: _layout(tail) for kind, tail in _TAILS.items()}
+COMMON_FIELDS = 12
+_CRC = struct.Struct("<I")
+assert all(s.size == CRC_OFFSET for s in STRUCTS.values())
 
 
-def unpack_header(buf: memoryview | bytes | bytearray, total_size: int | None = None
-                  ) -> Header:
-    """Parse and check a header. ``total_size`` is the size of the whole message (header +
-    payload) as delivered; the payload size in the header must match it exactly."""
-    if len(buf) < HEADER_SIZE:
-        raise WireFormatError(f"message of {len(buf)} bytes is shorter than the "
-                              f"{HEADER_SIZE}-byte header")
-    magic, version, wtype, _flags, payload_size, ts, seq, sid_len, sid = \
-        _COMMON.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise WireFormatError(f"bad magic {bytes(magic)!r}: not a nodehost message")
-    if version != VERSION:
-        raise WireFormatError(f"wire format version {version} is not supported "
-                              f"(this nodehost speaks {VERSION})")
-    (crc,) = struct.unpack_from("<I", buf, _CRC_OFFSET)
-    if crc != zlib.crc32(buf[:_CRC_OFFSET]):
-        raise WireFormatError("header checksum mismatch: corrupted header")
-    try:
-        wire_type = WireType(wtype)
-    except ValueError:
-        raise WireFormatError(f"unknown data type code {wtype}") from None
-    size = len(buf) if total_size is None else total_size
-    if payload_size != size - HEADER_SIZE:
-        raise WireFormatError(f"header says {payload_size} payload bytes, message carries "
-                              f"{size - HEADER_SIZE}")
-    if sid_len > MAX_SESSION_ID:
-        raise WireFormatError(f"session id length {sid_len} exceeds {MAX_SESSION_ID}")
-    session_id = _text(sid[:sid_len], "session_id")
-    meta: dict[str, object] = {}
-    if wire_type is WireType.AUDIO:
-        rate, channels, fmt_code, frames = _AUDIO.unpack_from(buf, _TYPE_OFFSET)
+# -- metadata <-> wire fields ----------------------------------------------------------------
+def meta_fields(kind: int, meta: Metadata) -> tuple[Any, ...]:
+    """The type-specific header fields of ``meta``, in wire order."""
+    if kind == AUDIO:
+        assert isinstance(meta, AudioMetadata)
+        return (meta.sample_rate, meta.channels, SAMPLE_FORMAT_CODES[meta.sample_format], 0,
+                meta.frames)
+    if kind == VIDEO:
+        assert isinstance(meta, VideoMetadata)
+        return (meta.width, meta.height, PIXEL_FORMAT_NAMES[meta.format].code, meta.fps)
+    if kind == TEXT:
+        assert isinstance(meta, TextMetadata)
+        lang = (meta.language or "").encode("ascii")
+        return (1, len(lang), lang)
+    if kind == TENSOR:
+        assert isinstance(meta, TensorMetadata)
+        dt = np.dtype(meta.dtype)
+        shape = tuple(meta.shape) + (0,) * (MAX_TENSOR_NDIM - len(meta.shape))
+        return (dt.str.encode("ascii"), len(meta.shape), *shape)
+    return ()
+
+
+def _bad(message: str) -> WireFormatError:
+    return WireFormatError(f"invalid RuntimeData header: {message}")
+
+
+def _meta_from_fields(kind: int, f: tuple[Any, ...], payload_size: int) -> Metadata:
+    """Rebuild metadata from untrusted wire fields, checking them against the payload size."""
+    if kind == AUDIO:
+        rate, channels, fmt_code, reserved, frames = f
         fmt = SAMPLE_FORMATS.get(fmt_code)
         if fmt is None:
-            raise WireFormatError(f"unknown audio sample format code {fmt_code}")
-        if rate == 0 or channels == 0:
-            raise WireFormatError("audio sample rate and channels must be > 0")
-        if frames * channels * SAMPLE_FORMAT_BYTES[fmt] != payload_size:
-            raise WireFormatError(f"audio of {frames} frames × {channels} channels of {fmt} "
-                                  f"does not fill {payload_size} payload bytes")
-        meta = {"sample_rate": rate, "channels": channels, "sample_format": fmt,
-                "frames": frames}
-    elif wire_type is WireType.VIDEO:
-        width, height, fmt_raw, fps = _VIDEO.unpack_from(buf, _TYPE_OFFSET)
-        fmt = _text(fmt_raw, "format")
-        if fmt not in PIXEL_FORMATS:
-            raise WireFormatError(f"unknown pixel format {fmt!r}")
-        if frame_bytes(fmt, width, height) != payload_size:
-            raise WireFormatError(f"{width}x{height} {fmt} needs "
-                                  f"{frame_bytes(fmt, width, height)} bytes (all planes), "
-                                  f"payload has {payload_size}")
-        if not fps > 0:
-            raise WireFormatError("video fps must be > 0")
-        meta = {"width": width, "height": height, "format": fmt, "fps": fps}
-    elif wire_type is WireType.TEXT:
-        enc_raw, lang_raw = _TEXT.unpack_from(buf, _TYPE_OFFSET)
-        encoding = _text(enc_raw, "encoding")
-        if encoding != "utf-8":
-            raise WireFormatError(f"unsupported text encoding {encoding!r}")
-        meta = {"encoding": encoding, "language": _text(lang_raw, "language") or None}
-    elif wire_type is WireType.TENSOR:
-        dtype_raw, ndim, *shape = _TENSOR.unpack_from(buf, _TYPE_OFFSET)
-        dtype = _text(dtype_raw, "dtype")
-        if dtype not in TENSOR_DTYPES:
-            raise WireFormatError(f"unsupported tensor dtype {dtype!r}")
-        if ndim > MAX_NDIM:
-            raise WireFormatError(f"tensor ndim {ndim} exceeds {MAX_NDIM}")
-        dims = tuple(shape[:ndim])
-        count = 1
-        for d in dims:
-            count *= d
-        itemsize = int(dtype[2:])  # every supported dtype string ends in its byte size
-        if count * itemsize != payload_size:
-            raise WireFormatError(f"tensor {dims} of {dtype} needs {count * itemsize} bytes, "
-                                  f"payload has {payload_size}")
-        meta = {"dtype": dtype, "shape": dims}
-    elif payload_size != 0:
-        raise WireFormatError("an end-of-stream message carries no payload")
-    return Header(wire_type, payload_size, ts, seq, session_id, meta)
+            raise _bad(f"unknown audio sample format code {fmt_code}")
+        if rate == 0 or channels == 0 or reserved:
+            raise _bad(f"audio sample_rate={rate} channels={channels} reserved={reserved}")
+        if frames * channels * fmt[1].itemsize != payload_size:
+            raise _bad(f"audio of {frames} frames x {channels} channels of {fmt[0]} is "
+                       f"{frames * channels * fmt[1].itemsize} bytes, payload_size says "
+                       f"{payload_size}")
+        return AudioMetadata(rate, channels, fmt[0], frames)
+    if kind == VIDEO:
+        width, height, code, fps = f
+        pf = PIXEL_FORMATS.get(code)
+        if pf is None:
+            raise _bad(f"unknown pixel format code {code}")
+        check_video_size(pf, width, height, payload_size)
+        if not fps > 0.0 or fps == float("inf"):
+            raise _bad(f"video fps {fps}")
+        return VideoMetadata(width, height, pf.name, fps)
+    if kind == TEXT:
+        enc, lang_len, lang = f
+        if enc not in TEXT_ENCODINGS:
+            raise _bad(f"unknown text encoding code {enc}")
+        if lang_len > MAX_LANGUAGE or any(lang[lang_len:]):
+            raise _bad(f"text language length {lang_len}")
+        try:
+            language = lang[:lang_len].decode("ascii") or None
+        except UnicodeDecodeError:
+            raise _bad("text language is not ASCII") from None
+        return TextMetadata(TEXT_ENCODINGS[enc], language)
+    if kind == TENSOR:
+        raw_dtype, ndim, *dims = f
+        if ndim > MAX_TENSOR_NDIM or any(dims[ndim:]):
+            raise _bad(f"tensor ndim {ndim}")
+        dt = tensor_dtype(raw_dtype.rstrip(b"\0").decode("ascii", "replace"))
+        shape = tuple(dims[:ndim])
+        if math.prod(shape) * dt.itemsize != payload_size:  # Python ints: no overflow
+            raise _bad(f"tensor {shape} of {dt.name} does not fill payload_size {payload_size}")
+        return TensorMetadata(shape, dt.name)
+    if payload_size:
+        raise _bad(f"end-of-stream carries payload_size {payload_size}")
+    return EosMetadata()
+
+
+def tensor_dtype(text: str) -> np.dtype[Any]:
+    try:
+        dt = np.dtype(text)
+    except TypeError:
+        raise _bad(f"tensor dtype {text!r}") from None
+    if dt.kind not in TENSOR_KINDS or dt.byteorder == ">" or dt.str.encode() != text.encode():
+        raise _bad(f"tensor dtype {text!r} (little-endian numeric dtypes only)")
+    return dt
+
+
+def check_video_size(pf: PixelFormat, width: int, height: int, payload_size: int) -> None:
+    if width == 0 or height == 0:
+        raise _bad(f"video size {width}x{height}")
+    if pf.planar_420 and (width % 2 or height % 2):
+        raise _bad(f"{pf.name} needs an even width and height, got {width}x{height}")
+    need = pf.frame_bytes(width, height)
+    if need != payload_size:
+        raise _bad(f"{pf.name} {width}x{height} needs {need} bytes, payload_size is "
+                   f"{payload_size}")
+
+
+# -- pack / unpack ---------------------------------------------------------------------------
+def pack_header_into(buf: Any, kind: int, flags: int, payload_size: int, timestamp_ns: int,
+                     seq: int, session_id: bytes, fields: tuple[Any, ...]) -> None:
+    """Write a complete header (CRC included) at the start of the writable buffer ``buf``."""
+    STRUCTS[kind].pack_into(buf, 0, MAGIC, VERSION, HEADER_SIZE, kind, flags, len(session_id),
+                            0, 0, payload_size, timestamp_ns, seq, session_id, *fields)
+    _CRC.pack_into(buf, CRC_OFFSET, zlib.crc32(memoryview(buf)[:CRC_OFFSET]))
+
+
+def pack_header(kind: int, flags: int, payload_size: int, timestamp_ns: int, seq: int,
+                session_id: str, meta: Metadata) -> bytes:
+    sid = encode_session_id(session_id)
+    buf = bytearray(HEADER_SIZE)
+    pack_header_into(buf, kind, flags, payload_size, timestamp_ns, seq, sid,
+                     meta_fields(kind, meta))
+    return bytes(buf)
+
+
+def encode_session_id(session_id: str) -> bytes:
+    raw = session_id.encode("utf-8")
+    if len(raw) > MAX_SESSION_ID:
+        raise ValueError(f"session id {session_id[:20]!r}... is {len(raw)} bytes of UTF-8; "
+                         f"at most {MAX_SESSION_ID} fit in the header")
+    return raw
+
+
+def unpack_header(raw: bytes, available: int) -> Header:
+    """Parse and verify a header. ``raw`` holds (at least) the first 256 bytes of the message;
+    ``available`` is how many payload bytes really follow it (the sample's length − 256)."""
+    if len(raw) < HEADER_SIZE:
+        raise _bad(f"truncated: {len(raw)} bytes, a header is {HEADER_SIZE}")
+    if raw[:4] != MAGIC:
+        raise _bad(f"bad magic {bytes(raw[:4])!r} (expected {MAGIC!r})")
+    (crc,) = _CRC.unpack_from(raw, CRC_OFFSET)
+    if zlib.crc32(memoryview(raw)[:CRC_OFFSET]) != crc:
+        raise _bad("CRC mismatch (corrupted header)")
+    kind = raw[8]
+    layout = STRUCTS.get(kind)
+    if layout is None:
+        raise _bad(f"unknown data type code {kind}")
+    (_magic, version, header_size, _kind, flags, sid_len, res8, res32, payload_size,
+     timestamp_ns, seq, sid, *fields) = layout.unpack_from(raw)
+    if version != VERSION or header_size != HEADER_SIZE:
+        raise _bad(f"version {version} / header size {header_size} "
+                   f"(this nodehost speaks version {VERSION}, {HEADER_SIZE} bytes)")
+    if flags & ~KNOWN_FLAGS or res8 or res32:
+        raise _bad(f"unknown flags 0x{flags:02x} or non-zero reserved fields")
+    if payload_size != available:
+        raise _bad(f"payload_size {payload_size} but {available} payload bytes follow "
+                   "(truncated or padded message)")
+    if sid_len > MAX_SESSION_ID or any(sid[sid_len:]):
+        raise _bad(f"session id length {sid_len} (at most {MAX_SESSION_ID})")
+    try:
+        session_id = sid[:sid_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("session id is not UTF-8") from None
+    meta = _meta_from_fields(kind, tuple(fields), payload_size)
+    return Header(kind, flags, payload_size, timestamp_ns, seq, session_id, meta)
+
+
+def array_spec(kind: int, meta: Metadata, payload_size: int
+               ) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """The dtype and shape ``as_array()`` presents a payload with."""
+    if kind == AUDIO:
+        assert isinstance(meta, AudioMetadata)
+        dt = SAMPLE_FORMATS[SAMPLE_FORMAT_CODES[meta.sample_format]][1]
+        if meta.channels == 1:
+            return dt, (meta.frames,)
+        return dt, (meta.frames, meta.channels)
+    if kind == VIDEO:
+        assert isinstance(meta, VideoMetadata)
+        return _U8, PIXEL_FORMAT_NAMES[meta.format].shape(meta.width, meta.height)
+    if kind == TENSOR:
+        assert isinstance(meta, TensorMetadata)
+        return np.dtype(meta.dtype), meta.shape
+    return _U8, (payload_size,)
+
+
+_U8 = np.dtype(np.uint8)
