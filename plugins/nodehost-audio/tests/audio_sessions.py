@@ -108,7 +108,7 @@ def chain(name: str, *nodes: dict[str, Any]) -> dict[str, Any]:
             "connections": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)]}
 
 
-def run(host: Any, config: dict[str, Any], timeout: float = 300) -> Run:
+def run(host: Any, config: Any, timeout: float = 300) -> Run:
     """Run ``config`` to its end. ``timeout`` only guards against a hang (a quiet gap that
     long ends the wait, and the host fixture then stops the session); it times nothing."""
     session = host.start_session(config)
