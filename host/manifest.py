@@ -235,6 +235,9 @@ class RuntimeSpec(_Strict):
         return check_pattern(python, PYTHON_VERSION, 'a Python version like "3.12"')
 
 
+_RESERVED_PARAM_NAMES = frozenset(n for n in dir(BaseModel) if n.startswith("model_"))
+
+
 class NodeManifest(_Strict):
     node_type: str = Field(json_schema_extra={"pattern": IDENTIFIER})
     version: str
@@ -278,6 +281,20 @@ class NodeManifest(_Strict):
                     "name", "{name} is not a valid name (letters, digits, _)", {"name": repr(name)}
                 )
         return ports
+
+    @field_validator("params")
+    @classmethod
+    def _param_names(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # The params model is a pydantic model: these names would fail to build it
+        # (NameError), be taken as its config, or break validation (model_post_init).
+        for name in params:
+            if name.startswith("_") or name in _RESERVED_PARAM_NAMES:
+                raise PydanticCustomError(
+                    "param_name", "{name} cannot be a param name (reserved by the params "
+                    "model: names starting with _ and pydantic's model_* attributes)",
+                    {"name": repr(name)},
+                )
+        return params
 
     @model_validator(mode="after")
     def _derived_rates(self) -> NodeManifest:
