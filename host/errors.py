@@ -41,6 +41,8 @@ def format_loc(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not str(part).isidentifier():  # '', 'a.b', 'sample-rate': quoted, unambiguous
+            out += f"[{str(part)!r}]"
         else:
             out += f".{part}" if out else str(part)
     return out
