@@ -120,7 +120,9 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
         os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
         return f"opened {target} for writing"
     if attempt == "unshare":
-        os.unshare(os.CLONE_NEWUSER | os.CLONE_NEWNS)
+        libc = ctypes.CDLL(None, use_errno=True)  # os.unshare is Python 3.12+
+        if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return "entered new user and mount namespaces"
     if attempt == "hang_ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
