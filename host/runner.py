@@ -58,8 +58,10 @@ class Stopped(Exception):
 
 def node_traceback(exc: BaseException) -> str:
     """The exception with the node's own frames only: the runner's frames are noise."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith(_HOST_FILES)]
+    every = traceback.extract_tb(exc.__traceback__)
+    # Only the node's own frames — unless the error arose in nodehost itself, where the
+    # whole stack is what a bug report needs.
+    frames = [f for f in every if not f.filename.startswith(_HOST_FILES)] or every
     lines = traceback.format_list(frames) if frames else []
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines).rstrip()
