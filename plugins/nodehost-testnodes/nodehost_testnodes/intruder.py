@@ -120,10 +120,33 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
         os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
         return f"opened {target} for writing"
     if attempt == "unshare":
+        # In forked children: unshare(CLONE_NEWUSER) needs a single-threaded caller, and the
+        # node process has threads. Each child reports errno as its exit status; the last
+        # one, inside new user and mount namespaces (where it holds every capability of the
+        # new namespace), also tries to mount a tmpfs over its temp dir.
         libc = ctypes.CDLL(None, use_errno=True)  # os.unshare is Python 3.12+
-        if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-        return "entered new user and mount namespaces"
+        tmp = os.environ.get("TMPDIR", "/tmp").encode()
+        results = []
+        for name, flags, mount in (("user ns", 0x10000000, False),
+                                   ("mount ns", 0x00020000, False),
+                                   ("user+mount ns", 0x10020000, False),
+                                   ("mount inside them", 0x10020000, True)):
+            pid = os.fork()
+            if pid == 0:
+                code = 255
+                try:
+                    code = ctypes.get_errno() if libc.unshare(flags) != 0 else 0
+                    if code == 0 and mount:
+                        failed = libc.mount(b"none", tmp, b"tmpfs", 0, None) != 0
+                        code = ctypes.get_errno() if failed else 0
+                finally:
+                    os._exit(code)
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            results.append(f"{name}: {os.strerror(code) if code else 'done'}")
+        outcome = "; ".join(results)
+        if "done" not in outcome:
+            raise PermissionError(1, outcome)
+        return outcome
     if attempt == "hang_ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         deadline = time.monotonic() + linger_s
