@@ -33,6 +33,9 @@ DISABLE_ENV = "NODEHOST_DISABLE_PLUGINS"  # comma-separated distribution or entr
 NO_AUTOLOAD_ENV = "NODEHOST_DISABLE_PLUGIN_AUTOLOAD"  # any non-empty value: skip entry points
 TIMEOUT_ENV = "NODEHOST_HOOK_TIMEOUT_S"  # seconds a plugin's import or hook may take
 HOOK_TIMEOUT_S = 10.0
+# A session-event hook runs on the session's supervisor thread: one that does not return in
+# this time is left running on its own thread and gets no further events until it returns.
+EVENT_HOOK_TIMEOUT_S = 1.0
 
 log = logging.getLogger("nodehost.discovery")
 T = TypeVar("T")
@@ -167,6 +170,7 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self.timeout = hook_timeout()
+        self._busy: dict[str, threading.Thread] = {}  # plugins stuck in an event hook
 
     # -- loading -------------------------------------------------------------------------
     def load_entry_points(self, disabled: Iterable[str] = ()) -> None:
@@ -262,13 +266,36 @@ class Registry:
                                  "`nodehost nodes` lists the installed ones") from None
 
     def notify(self, event: Mapping[str, Any]) -> None:
-        """Deliver a session event to every plugin; a failing plugin is logged and skipped."""
+        """Deliver a session event to every plugin; a failing plugin is logged and skipped.
+
+        The caller is a session's supervisor thread, so a plugin must not be able to stall
+        it: each call runs on a thread of its own, and a plugin that has not returned within
+        ``EVENT_HOOK_TIMEOUT_S`` is skipped for later events until that call returns."""
         for impl in self.plugin_manager.hook.nodehost_session_event.get_hookimpls():
-            try:
-                impl.function(event=dict(event))
-            except Exception as exc:
-                log.warning("plugin %s: nodehost_session_event failed: %s",
-                            impl.plugin_name, _describe(exc))
+            name = impl.plugin_name
+            stuck = self._busy.get(name)
+            if stuck is not None:
+                if stuck.is_alive():
+                    continue
+                del self._busy[name]
+            box: dict[str, BaseException] = {}
+
+            def call(fn: Callable[..., Any] = impl.function) -> None:
+                try:
+                    fn(event=dict(event))
+                except Exception as exc:
+                    box["error"] = exc
+
+            thread = threading.Thread(target=call, name=f"nodehost-event-{name}", daemon=True)
+            thread.start()
+            thread.join(EVENT_HOOK_TIMEOUT_S)
+            if thread.is_alive():
+                self._busy[name] = thread
+                log.warning("plugin %s: nodehost_session_event did not return within %g s; "
+                            "no events for it until it does", name, EVENT_HOOK_TIMEOUT_S)
+            elif "error" in box:
+                log.warning("plugin %s: nodehost_session_event failed: %s", name,
+                            _describe(box["error"]))
 
 
 def discover(*, plugins: Iterable[object] = (), disabled: Iterable[str] = (),
