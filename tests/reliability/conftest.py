@@ -71,13 +71,13 @@ class Tracker:
     """A Host that remembers the sessions it ran, so that what they left behind can be
     counted by session id (see support.py) rather than guessed from a diff of /dev/shm."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugins: tuple[object, ...] = ()) -> None:
         import nodehost
 
         self.shm_before = shm_files()
         self.session_ids: list[str] = []
         self._seen: set[str] = set()
-        self.host = nodehost.Host(on_event=self._on_event)
+        self.host = nodehost.Host(on_event=self._on_event, plugins=plugins)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         sid = event.get("session")
