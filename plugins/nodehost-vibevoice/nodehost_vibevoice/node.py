@@ -153,6 +153,10 @@ class _Transformers:
         if self.voice is not None:
             kwargs.update(audio=[self.voice], sampling_rate=SAMPLE_RATE)
         inputs = self.processor(**kwargs).to(self.device)
+        # The processor makes float32 audio features; a bfloat16/float16 model needs its own.
+        for key, value in list(inputs.items()):
+            if self.torch.is_tensor(value) and value.is_floating_point():
+                inputs[key] = value.to(self.model.dtype)
 
         def on_frame(audio: Any) -> None:
             send(audio[0].reshape(-1).float().cpu().numpy())
