@@ -9,10 +9,13 @@ deliver everything, in order, intact, from their own source only.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,4 +319,60 @@ def test_host_sigkilled_mid_session_then_restarted(request: pytest.FixtureReques
                 (200, True, True)
         finally:
             left_over = restarted.close()
+            # Temp dirs of the killed sessions stay (a known gap, see
+            # test_killed_host_leaves_no_temp_dirs): counted, then removed.
+            dirs = [d for sid in sids for d in glob.glob(f"/tmp/nodehost-{sid}-*")]
+            totals["temp_dirs_left_by_killed_host"] = \
+                totals.get("temp_dirs_left_by_killed_host", 0) + len(dirs)
+            record("host crash", **totals)
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
         assert left_over.total == 0, f"left behind: {left_over}"
+
+
+# ------------------------------------------------------------------------------ known gaps
+
+def kill_host_with(configs: list[dict[str, Any]], wanted: list[list[str]]
+                   ) -> tuple[list[int], list[str]]:
+    host, pids, sids = start_host(configs, wanted)
+    os.kill(host.pid, signal.SIGKILL)
+    host.wait(30)
+    assert not wait_dead(pids), "nodes outlived their SIGKILLed host"
+    Tracker().close()  # a host start: reclaims shared memory (and nothing else, yet)
+    return pids, sids
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a SIGKILLed host cannot remove its sessions' "
+                                       "temp dirs, and the next host start does not either")
+def test_killed_host_leaves_no_temp_dirs(tmp_out: Path) -> None:
+    configs, wanted = crash_configs(tmp_out, 99)
+    _, sids = kill_host_with(configs[1:2], wanted[1:2])
+    left = [d for sid in sids for d in glob.glob(f"/tmp/nodehost-{sid}-*")]
+    record("host crash", temp_dirs_left_after_restart=len(left))
+    for d in left:
+        shutil.rmtree(d, ignore_errors=True)
+    assert not left, f"temp dirs of the killed host's sessions: {left}"
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: processes a node forked have no parent-death "
+                                       "signal; with the host SIGKILLed nobody kills their group")
+def test_killed_host_leaves_no_forked_children(tmp_out: Path) -> None:
+    out = tmp_out / "forker.txt"
+    forker = {"id": "forker", "type": "Intruder",
+              "params": {"attempt": "fork_bomb", "target": "4", "linger_s": 120.0,
+                         "hold_s": 120.0}}
+    config = {"name": "hostcrash-forks",
+              "nodes": [forker, {"id": "log", "type": "TextSink",
+                                 "params": {"out_path": str(out)},
+                                 "sandbox": {"fs_write": [str(out)]}}],
+              "connections": [{"from": "forker", "to": "log"}]}
+    _, sids = kill_host_with([config], [["log", "Processing"]])
+    survivors = session_processes(sids)
+    record("host crash", forked_children_left_by_killed_host=len(survivors))
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_dead(survivors)
+    for d in glob.glob(f"/tmp/nodehost-{sids[0]}-*"):
+        shutil.rmtree(d, ignore_errors=True)
+    assert not survivors, f"forked children outlived their SIGKILLed host: {survivors}"

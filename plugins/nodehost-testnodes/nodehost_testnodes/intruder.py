@@ -166,3 +166,6 @@ class Intruder(nodehost.Node):
         except OSError as exc:
             outcome = f"denied: {type(exc).__name__}: {exc.strerror or exc}"
         yield RuntimeData.text(outcome)
+        deadline = time.monotonic() + p.hold_s  # keep the session running, if asked to
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
