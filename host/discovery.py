@@ -280,7 +280,8 @@ class Registry:
                 del self._busy[name]
             box: dict[str, BaseException] = {}
 
-            def call(fn: Callable[..., Any] = impl.function) -> None:
+            def call(fn: Callable[..., Any] = impl.function,
+                     box: dict[str, BaseException] = box) -> None:
                 try:
                     fn(event=dict(event))
                 except Exception as exc:
