@@ -258,7 +258,7 @@ def test_fork_bomb_contained_by_the_session(tracked: Tracker, tmp_out: Path) -> 
     """Not denied: RLIMIT_NPROC does not bind root and seccomp_fork is off (nodes may start
     subprocesses). Bounded here at 128 processes alive at once; what contains it is the
     session: every one of them is killed with the node's process group at teardown."""
-    text, outcome = attempt(tracked, tmp_out, "Intruder", "fork_bomb", "128", linger_s=300.0)
+    text, _ = attempt(tracked, tmp_out, "Intruder", "fork_bomb", "128", linger_s=300.0)
     assert text.startswith("allowed: forked 128"), text
     pids = forked_pids(text)
     survivors = wait_dead(pids)
