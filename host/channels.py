@@ -50,6 +50,7 @@ MAX_READERS = 16         # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
 DEFAULT_DRAIN_TIMEOUT = 10.0
+ABORT_CHECK_S = 0.1
 
 EVENT_DATA = 0           # N/wake: a message was sent
 EVENT_ROLLCALL = 1       # N/wake: the writer asks every reader to (re)announce itself
@@ -183,14 +184,20 @@ class DataPlane:
 
     # -- channel ends --------------------------------------------------------------------
     def open_writer(self, name: str, capacity: int, backpressure: bool = True, *,
-                    max_subscribers: int = 1) -> ChannelWriter:
+                    max_subscribers: int | None = None, readers: int | None = None,
+                    session_id: str | None = None) -> ChannelWriter:
         """The writing end of channel ``name`` (one writer per channel).
 
         ``capacity``: payload bytes in flight (a power of two; also the largest payload).
-        ``max_subscribers``: how many readers the channel must serve (its fan-out).
+        ``max_subscribers`` (alias ``readers``): the channel's fan-out. With backpressure the
+        first message waits until that many readers are connected, so none misses the start.
+        ``session_id``: stamped into this channel's messages (default: the plane's).
         """
         self._check_open()
-        writer = ChannelWriter(self, name, capacity, backpressure, max_subscribers)
+        fan_out = max_subscribers if max_subscribers is not None else (readers or 1)
+        writer = ChannelWriter(self, name, capacity, backpressure, fan_out,
+                               self._session_raw if session_id is None
+                               else wire.encode_session_id(session_id))
         self.writers.append(writer)
         return writer
 
@@ -361,7 +368,7 @@ class ChannelWriter:
     """The publishing end of a channel (one per output port)."""
 
     def __init__(self, plane: DataPlane, name: str, capacity: int, backpressure: bool,
-                 max_subscribers: int) -> None:
+                 max_subscribers: int, session_id: bytes) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
             raise ChannelError(f"channel {name!r}: capacity {capacity} is not a power of two")
         self.plane = plane
@@ -369,7 +376,11 @@ class ChannelWriter:
         self.capacity = capacity
         self.backpressure = backpressure
         self.max_subscribers = max_subscribers
-        self.session_id = plane._session_raw
+        self.session_id = session_id
+        # Called while blocked, at least every ABORT_CHECK_S; may raise to abort. A fallback
+        # for callers that cannot hand over an fd: DataPlane.set_interrupt is event-driven.
+        self.abort_check: Callable[[], None] | None = None
+        self._started = not backpressure
         self.service = plane._data_service(name, backpressure, max_subscribers)
         # Static slots of capacity + header bytes: every message up to the capacity fits
         # without iceoryx2 growing (and re-mapping) segments at run time. Pages are touched
@@ -476,6 +487,11 @@ class ChannelWriter:
                 len(self._readers) != self._dyn.number_of_subscribers:
             self._refresh()
             count = len(self._inflight) + self._reserved
+        if not self._started:
+            # the first message waits for the whole fan-out, so no reader misses the start
+            if len(self._readers) < self.max_subscribers:
+                return False
+            self._started = True
         if not self._readers:
             return False  # nobody would get it: a lossless channel waits for a reader
         used = self._inflight_bytes + self._reserved_bytes
@@ -521,12 +537,16 @@ class ChannelWriter:
                     self._waitset = plane._new_waitset([self._ack_listener],
                                                        plane._interrupt_fds)
                 waitset, guards = self._waitset
+                if self.abort_check is not None:
+                    remaining = min(remaining, ABORT_CHECK_S)
                 ids, _result = waitset.wait_and_process_with_timeout(_duration(remaining))
                 self._ack_listener.try_wait()  # consume, or the WaitSet fires again at once
                 fds = guards[1:1 + len(plane._interrupt_fds)]
                 if plane._interrupt_cb is not None and \
                         any(i.has_event_from(g) for i in ids for g in fds):
                     plane._interrupt_cb()
+                if self.abort_check is not None:
+                    self.abort_check()
         finally:
             self.blocked_ns += time.monotonic_ns() - started
 
@@ -723,7 +743,7 @@ class ChannelReader:
 
     def _consume_wakeups(self) -> None:
         for activation in self._listener.try_wait():
-            if activation.id.as_value() == EVENT_ROLLCALL and not self.closed:
+            if activation.id.as_value == EVENT_ROLLCALL and not self.closed:
                 self._send_ack()
 
     def _released(self) -> None:

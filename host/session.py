@@ -483,21 +483,19 @@ class Session:
                     os.close(child.pidfd)
 
     def _release(self) -> None:
-        crashed = False
         for child in self._children.values():
             child.sock.close()
             if child.popen.stdout is not None:
                 child.popen.stdout.close()
             shutil.rmtree(child.tmp_dir, ignore_errors=True)
-            code = child.process.exit_code
-            crashed = crashed or code is None or code != 0
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if crashed:  # a killed node leaves its shared memory behind until someone cleans up
-            from nodehost.channels import cleanup_dead_nodes
+        # A killed node leaves its shared memory behind, and so can nodes that exit at the
+        # same moment (each sees the other still attached): clean up after every session.
+        from nodehost.channels import cleanup_dead_nodes
 
-            cleanup_dead_nodes()
+        cleanup_dead_nodes()
 
     def _finish(self) -> None:
         duration = time.time() - self.started_at
