@@ -105,12 +105,32 @@ def crash_teardown(host: Host, tmp: Path, rounds: int = 7) -> dict[str, Any]:
             "p50_ms": round(statistics.median(detect_ms), 1) if detect_ms else None}
 
 
+def spin(iterations: int) -> int:
+    """A fixed amount of pure-Python CPU work: it holds the GIL, so threads of one process
+    cannot share it out — the case process-per-node exists for. (The probe Forward node
+    runs the same function.)"""
+    x = 0
+    for i in range(iterations):
+        x += i * i
+    return x
+
+
+def iterations_per_ms() -> int:
+    """Calibrate ``spin`` on this machine (best of a few tries, so a busy core does not
+    inflate the work)."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        spin(100_000)
+        best = min(best, time.perf_counter() - start)
+    return max(1, int(100_000 / (best * 1000)))
+
+
 def parallel_branches(host: Host, tmp: Path, count: int = 200,
                       work_ms: float = 5.0) -> dict[str, Any]:
     """Two CPU-bound nodes on parallel branches vs the same work on two threads of one
     process (the GIL serialises them). The work is a fixed amount of CPU per message,
     calibrated once, the same in both."""
-    from nodehost_testnodes.probes import iterations_per_ms, spin
 
     iterations = int(work_ms * iterations_per_ms())
     outs = [tmp / "branch_a.json", tmp / "branch_b.json"]

@@ -12,6 +12,7 @@ import numpy as np
 
 import nodehost
 from nodehost import RuntimeData
+from nodehost.bench_runtime import iterations_per_ms, spin
 
 HEADER = 16  # payload starts with two little-endian uint64: sequence number and seed
 
@@ -38,26 +39,6 @@ class ProbeSource(nodehost.Node):
                 yield RuntimeData.tensor(scratch)
             if p.interval_ms:
                 time.sleep(p.interval_ms / 1000)
-
-
-def spin(iterations: int) -> int:
-    """A fixed amount of pure-Python CPU work: it holds the GIL, so threads of one process
-    cannot share it out — the case process-per-node exists for."""
-    x = 0
-    for i in range(iterations):
-        x += i * i
-    return x
-
-
-def iterations_per_ms() -> int:
-    """Calibrate ``spin`` on this machine (best of a few tries, so a busy core does not
-    inflate the work)."""
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        spin(100_000)
-        best = min(best, time.perf_counter() - start)
-    return max(1, int(100_000 / (best * 1000)))
 
 
 class Forward(nodehost.Node):
