@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodehost.session import Host
+if TYPE_CHECKING:  # probe nodes import spin() from here: keep this module light
+    from nodehost.session import Host
+
 
 PROBE_TYPES = ("ProbeSource", "Forward", "ProbeSink", "Faulty")
 
@@ -171,6 +173,8 @@ SCENARIOS: list[Callable[[Host, Path], dict[str, Any]]] = [
 
 
 def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    from nodehost.session import Host
+
     host = Host()
     missing = [t for t in PROBE_TYPES if t not in host.registry.node_types]
     if missing:

@@ -115,11 +115,12 @@ def test_a_failing_node_ends_the_session(host: Any, tmp_out: Path, mode: str,
 
 def test_init_timeout_ends_the_session(host: Any, tmp_out: Path) -> None:
     middle = [{"id": "stuck", "type": "Faulty", "params": {"mode": "hang_init"}}]
-    config = probe_chain(tmp_out / "r.json", count=10, middle=middle, init_timeout_s=1.0)
+    # 3 s: long enough for every healthy node to start on a loaded 2-core machine.
+    config = probe_chain(tmp_out / "r.json", count=10, middle=middle, init_timeout_s=3.0)
     result, _ = run(host, config)
     assert not result.ok
     assert result.failed_node == "stuck"
-    assert "did not become Ready within init_timeout_s=1 s" in result.reason
+    assert "did not become Ready within init_timeout_s=3 s" in result.reason
 
 
 def test_two_sessions_one_fails_the_other_completes(host: Any, tmp_out: Path) -> None:
