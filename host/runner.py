@@ -35,6 +35,7 @@ EXIT_NODE_ERROR = 1
 EXIT_RUNNER_ERROR = 70
 IDLE_S = 0.25  # Processing → Ready once no input arrived for this long (no status flapping)
 STATS_INTERVAL_S = 0.5
+BATCH = 64  # messages taken from one input before looking at control and stats again
 _HOST_FILES = str(Path(__file__).resolve().parent)
 
 
@@ -317,7 +318,12 @@ class NodeIO:
             if fds:
                 runner.check_control()
             for port, reader in list(open_ports.items()):
-                while (data := reader.receive()) is not None:
+                # A bounded batch: under a stream that never pauses the loop must still come
+                # round to the control socket (stop) and to stats(), which also empties
+                # latencies_us (else it grows by one float per message, without bound).
+                for _ in range(BATCH):
+                    if (data := reader.receive()) is None:
+                        break
                     runner.set_status("Processing")
                     last_input = time.monotonic()
                     runner.received += 1
