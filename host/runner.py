@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import importlib
 import inspect
@@ -215,6 +216,7 @@ def run_node(runner: Runner) -> int:
                       traceback=traceback.format_exc())
         return EXIT_RUNNER_ERROR
     io = NodeIO(runner, plane, writers, readers)
+    finished = False
     node_logger = logging.getLogger("nodehost.node")
     node_logger.setLevel(logging.INFO)
     node_logger.addHandler(ControlLogHandler(runner))
@@ -239,6 +241,7 @@ def run_node(runner: Runner) -> int:
             else:
                 io.produce()
             io.finish()
+            finished = True
         except Stopped:
             raise
         except BaseException as exc:
@@ -250,6 +253,13 @@ def run_node(runner: Runner) -> int:
         io.stop()
         return EXIT_OK
     finally:
+        if not finished:
+            # Failed or stopped: the stream did not end, so no end of stream goes downstream
+            # (a sink would take a cut-off stream for a complete one), and nothing waits
+            # for readers to drain (closing would otherwise send EOS and block on them).
+            for writer in writers.values():
+                with contextlib.suppress(Exception):
+                    writer.close(drain_timeout=0, eos=False)
         plane.close()
 
 
