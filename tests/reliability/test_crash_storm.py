@@ -164,6 +164,10 @@ def check(host: Any, sc: Scenario) -> Verdict:
         problems.append(f"reason {r.reason!r} does not match /{cause}/")
     if end.get("failed_node") != sc.node_id or end.get("ok") is not False:
         problems.append(f"session_end event {end}")
+    # The sandbox creates the granted file empty; ProbeSink fills it at end of stream only.
+    if sc.out.exists() and sc.out.stat().st_size:  # a failed stream passed off as complete
+        problems.append(f"downstream sink finished normally after the failure: "
+                        f"{sc.out.read_text()[:200]}")
     verdict.detected = not problems
     failing = [e for e in outcome.events if e["event"] == "log" and
                e["message"].startswith("failing now")]
