@@ -43,6 +43,9 @@ from .conftest import option
 from .support import record
 
 CONFIG_FIELDS = {"name", "max_processes", "init_timeout_s", "nodes", "connections"}
+# Params named json, copy, schema... work (they shadow deprecated BaseModel methods); pydantic
+# warns about each, which is noise here.
+pytestmark = pytest.mark.filterwarnings("ignore:Field name .* shadows an attribute:UserWarning")
 
 
 def fuzz_settings(request: pytest.FixtureRequest) -> settings:
