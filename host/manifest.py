@@ -140,7 +140,7 @@ class ParamSpec(_Strict):
             )
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise PydanticCustomError("range", "minimum is greater than maximum")
-        if self.required and "default" in self.model_fields_set:
+        if self.required and self.default is not None:  # ``default: null`` means no default
             raise PydanticCustomError("required", "a required param cannot have a default")
         if self.enum is not None:
             if not self.enum:

@@ -225,6 +225,7 @@ def test_required_manifest_fields(missing: str) -> None:
     {"type": "array", "default": [1, 2]},
     {"type": "object", "default": {"k": "v"}},
     {"type": "string", "required": True},
+    {"type": "string", "required": True, "default": None},  # null: no default, as a dump writes
     {"type": "string", "default": None},
     {"type": "integer", "minimum": 1, "maximum": 1},
 ])
@@ -236,8 +237,6 @@ def test_param_spec_accepted(spec: dict[str, Any]) -> None:
     ({"type": "float"}, "type: Input should be 'number', 'integer', 'string', 'boolean', "
                         "'array' or 'object'"),
     ({"type": "number", "required": True, "default": 1.0},
-     "a required param cannot have a default"),
-    ({"type": "number", "required": True, "default": None},
      "a required param cannot have a default"),
     ({"type": "number", "minimum": 2, "maximum": 1}, "minimum is greater than maximum"),
     ({"type": "string", "minimum": 1}, "minimum/maximum apply to number and integer params, "
@@ -344,7 +343,9 @@ def test_params_json_schema_carries_descriptions_bounds_and_required() -> None:
     assert schema["additionalProperties"] is False
 
 
-def test_manifest_round_trips_through_json() -> None:
-    m = NodeManifest.model_validate(BASE)
+@pytest.mark.parametrize("params", [{}, {"voice": {"type": "string", "required": True}}])
+def test_manifest_round_trips_through_json(params: dict[str, Any]) -> None:
+    m = NodeManifest.model_validate({**BASE, "params": params})
     again = NodeManifest.model_validate_json(m.model_dump_json())
     assert again == m
+    assert NodeManifest.model_validate(m.model_dump()) == m

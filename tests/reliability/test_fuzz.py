@@ -10,7 +10,6 @@ Hangs are caught by the suite's watchdog. ``--fuzz-examples`` sets the examples 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
@@ -392,8 +391,10 @@ def parse(raw: bytes, tally: Counter[str]) -> RuntimeData | None:
     array = data.as_array()
     assert array.nbytes == data.payload_size
     if data.data_type == "text":  # the payload is not checksummed: a flip may break UTF-8
-        with contextlib.suppress(UnicodeDecodeError):
+        try:
             data.as_text()
+        except WireFormatError as exc:  # reported as a damaged message, never a bare error
+            assert "not valid UTF-8" in str(exc)
     return data
 
 
