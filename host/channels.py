@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
+import math
 import os
 import secrets
 import select
@@ -60,6 +62,14 @@ ACK_OPEN, ACK_CLOSED = 1, 2
 _FOREVER = 365 * 24 * 3600.0
 
 iox2.set_log_level(iox2.LogLevel.Error)
+
+# iceoryx2's Python layer wraps loan and assume_init in generic payload-type checks that
+# cost about a microsecond a message; our payload type is fixed (a byte slice), so the
+# native methods are called when this iceoryx2 version has them under their usual names.
+_LOAN_SLICE: Any = getattr(iox2.Publisher, "__loan_slice_uninit",
+                           iox2.Publisher.loan_slice_uninit)
+_ASSUME_INIT: Any = getattr(iox2.SampleMutUninit, "__assume_init",
+                            iox2.SampleMutUninit.assume_init)
 
 
 class _Ack(ctypes.Structure):
@@ -317,7 +327,7 @@ class Loan:
 
     def __init__(self, writer: ChannelWriter, kind: int, meta: wire.Metadata,
                  dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         self._writer = writer
         self.kind = kind
         self.meta = meta
@@ -352,6 +362,19 @@ class Loan:
             raise ChannelClosed("this loan was already sent or discarded")
         self.array.flags.writeable = False
         return sample
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_spec(shape: tuple[int, ...] | int, dtype: Any) -> tuple[wire.TensorMetadata,
+                                                                    np.dtype[Any]]:
+    """Checked metadata of a loaned tensor (memoized: a node loans the same shape again and
+    again, and numpy's dtype machinery costs microseconds a message)."""
+    dims = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    dt = np.dtype(dtype)
+    if dt.kind not in wire.TENSOR_KINDS or dt.byteorder == ">" or \
+            len(dims) > wire.MAX_TENSOR_NDIM or any(d < 0 for d in dims):
+        raise wire.InvalidRuntimeData(f"unsupported tensor {dims} of {dt}")
+    return wire.TensorMetadata(dims, dt.name), dt
 
 
 class _Writable:
@@ -391,6 +414,7 @@ class ChannelWriter:
                            .max_loaned_samples(LOANS)
                            .backpressure_strategy(iox2.BackpressureStrategy.DiscardData)
                            .create())
+        self._loan_native = _LOAN_SLICE.__get__(self._publisher)
         self._notifier = plane._event_service(f"{name}/wake").notifier_builder().create()
         self._ack_listener = plane._event_service(f"{name}/ack").listener_builder().create()
         self._ack_sub = plane._ack_service(name).subscriber_builder().buffer_size(2).create()
@@ -554,7 +578,7 @@ class ChannelWriter:
     def _loan(self, nbytes: int, timeout: float | None = None) -> Any:
         self._reserve(nbytes, timeout)
         try:
-            return self._publisher.loan_slice_uninit(wire.HEADER_SIZE + nbytes)
+            return self._loan_native(wire.HEADER_SIZE + nbytes)
         except Exception as exc:
             self._unreserve(nbytes)
             raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
@@ -580,7 +604,7 @@ class ChannelWriter:
                               self.session_id, fields)
         ctypes.memmove(sample.payload_ptr, self._hdr_addr, wire.HEADER_SIZE)
         self.seq = seq
-        if sample.assume_init().send() == 0:
+        if _ASSUME_INIT(sample).send() == 0:
             self.unreached += 1
         self.sent += 1
         self._notifier.notify()
@@ -625,12 +649,12 @@ class ChannelWriter:
 
     def loan_tensor(self, shape: tuple[int, ...] | int, dtype: Any) -> Loan:
         """A zero-copy C-contiguous tensor in shared memory."""
-        dims = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
-        dt = np.dtype(dtype)
-        if dt.kind not in wire.TENSOR_KINDS or dt.byteorder == ">" or \
-                len(dims) > wire.MAX_TENSOR_NDIM:
-            raise wire.InvalidRuntimeData(f"unsupported tensor {dims} of {dt}")
-        return Loan(self, wire.TENSOR, wire.TensorMetadata(dims, dt.name), dt, dims)
+        key = shape if isinstance(shape, int) else tuple(shape)
+        try:
+            meta, dt = _tensor_spec(key, dtype)
+        except TypeError:  # an unhashable dtype spec: checked without the memo
+            meta, dt = _tensor_spec.__wrapped__(key, dtype)
+        return Loan(self, wire.TENSOR, meta, dt, meta.shape)
 
     def send_eos(self, timeout: float | None = None) -> None:
         """Send end of stream (once). Nothing may be sent after it."""
@@ -680,7 +704,7 @@ class ChannelWriter:
         for port in (self._ack_sub, self._ack_listener, self._notifier, self._publisher):
             port.delete()
         # the port factories keep the services (and their files) alive
-        self.service = self._dyn = None
+        self.service = self._dyn = self._loan_native = None
 
 
 class ChannelReader:
@@ -704,6 +728,10 @@ class ChannelReader:
         self._borrowed = 0
         self._last_seq = 0
         self._last_ts = 0
+        # Opened before the channel had a writer: every message is meant for this reader, so
+        # messages overwritten before its first receive count as dropped too. (A reader that
+        # joins a running stream counts gaps from its first message on.)
+        self._from_start = self._dyn.number_of_publishers == 0
         self.received = 0
         self.dropped = 0        # messages lost before this reader took them (seq gaps)
         self.rejected = 0       # messages whose header failed verification
@@ -806,7 +834,7 @@ class ChannelReader:
             raise WireFormatError(f"channel {self.name!r}: timestamp {header.timestamp_ns} "
                                   f"not after {self._last_ts} (timestamps must strictly "
                                   "increase)")
-        if self._last_seq and header.seq > self._last_seq + 1:
+        if (self._last_seq or self._from_start) and header.seq > self._last_seq + 1:
             self.dropped += header.seq - self._last_seq - 1
         self._last_seq = header.seq
         self._last_ts = header.timestamp_ns

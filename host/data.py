@@ -296,10 +296,16 @@ class RuntimeData:
     @classmethod
     def from_header(cls, header: wire.Header, hold: SampleHold | None,
                     array: np.ndarray | None = None) -> RuntimeData:
-        """A received message: onto a sample (``hold``) or onto a private copy (``array``)."""
-        return cls(header.kind, header.meta, header.payload_size, array=array, hold=hold,
-                   session_id=header.session_id, timestamp_ns=header.timestamp_ns,
-                   seq=header.seq)
+        """A received message: onto a sample (``hold``) or onto a private copy (``array``).
+        (Built slot by slot: this runs once per message on every reader's hot path.)"""
+        self = cls.__new__(cls)
+        (self._kind, self._meta, self.payload_size, self.session_id, self.timestamp_ns,
+         self.seq) = (header.kind, header.meta, header.payload_size, header.session_id,
+                      header.timestamp_ns, header.seq)
+        self._fields = self._text = None
+        self._array = array
+        self._hold = hold
+        return self
 
 
 def copy_out(ptr: int, nbytes: int, kind: int, meta: Metadata) -> np.ndarray:

@@ -9,6 +9,7 @@ anything it could not fully verify.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import zlib
@@ -162,6 +163,13 @@ assert all(s.size == CRC_OFFSET for s in STRUCTS.values())
 
 
 # -- metadata <-> wire fields ----------------------------------------------------------------
+# The metadata functions are pure and a channel repeats the same metadata message after
+# message, so they are memoized: parsing a header then costs a CRC, one struct unpack and
+# dictionary lookups (failures are never cached: every bad header is checked in full).
+_memo = functools.lru_cache(maxsize=1024)
+
+
+@_memo
 def meta_fields(kind: int, meta: Metadata) -> tuple[Any, ...]:
     """The type-specific header fields of ``meta``, in wire order."""
     if kind == AUDIO:
@@ -187,6 +195,7 @@ def _bad(message: str) -> WireFormatError:
     return WireFormatError(f"invalid RuntimeData header: {message}")
 
 
+@_memo
 def _meta_from_fields(kind: int, f: tuple[Any, ...], payload_size: int) -> Metadata:
     """Rebuild metadata from untrusted wire fields, checking them against the payload size."""
     if kind == AUDIO:
@@ -282,15 +291,22 @@ def encode_session_id(session_id: str) -> bytes:
     return raw
 
 
+@_memo
+def _session_id(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("session id is not UTF-8") from None
+
+
 def unpack_header(raw: bytes, available: int) -> Header:
     """Parse and verify a header. ``raw`` holds (at least) the first 256 bytes of the message;
     ``available`` is how many payload bytes really follow it (the sample's length − 256)."""
     if len(raw) < HEADER_SIZE:
         raise _bad(f"truncated: {len(raw)} bytes, a header is {HEADER_SIZE}")
-    if raw[:4] != MAGIC:
+    if not raw.startswith(MAGIC):
         raise _bad(f"bad magic {bytes(raw[:4])!r} (expected {MAGIC!r})")
-    (crc,) = _CRC.unpack_from(raw, CRC_OFFSET)
-    if zlib.crc32(memoryview(raw)[:CRC_OFFSET]) != crc:
+    if zlib.crc32(raw[:CRC_OFFSET]) != _CRC.unpack_from(raw, CRC_OFFSET)[0]:
         raise _bad("CRC mismatch (corrupted header)")
     kind = raw[8]
     layout = STRUCTS.get(kind)
@@ -306,16 +322,14 @@ def unpack_header(raw: bytes, available: int) -> Header:
     if payload_size != available:
         raise _bad(f"payload_size {payload_size} but {available} payload bytes follow "
                    "(truncated or padded message)")
-    if sid_len > MAX_SESSION_ID or any(sid[sid_len:]):
+    if sid_len > MAX_SESSION_ID or sid.count(0, sid_len) != MAX_SESSION_ID - sid_len:
         raise _bad(f"session id length {sid_len} (at most {MAX_SESSION_ID})")
-    try:
-        session_id = sid[:sid_len].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _bad("session id is not UTF-8") from None
+    session_id = _session_id(sid[:sid_len])
     meta = _meta_from_fields(kind, tuple(fields), payload_size)
     return Header(kind, flags, payload_size, timestamp_ns, seq, session_id, meta)
 
 
+@_memo
 def array_spec(kind: int, meta: Metadata, payload_size: int
                ) -> tuple[np.dtype[Any], tuple[int, ...]]:
     """The dtype and shape ``as_array()`` presents a payload with."""

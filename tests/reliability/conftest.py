@@ -43,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="backpressure: how long the fast source feeds the slow sink")
     group.addoption("--fuzz-examples", type=int, default=300,
                     help="hypothesis examples per fuzz test (default 300)")
+    group.addoption("--fuzz-random", action="store_true",
+                    help="explore new random inputs (default: hypothesis's fixed derandomized "
+                         "sequence, so a CI run is repeatable; explore before a release)")
     group.addoption("--figures", default=None,
                     help="write the measured figures as JSON here (default: a temp file)")
 

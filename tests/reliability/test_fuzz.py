@@ -49,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Field name .* shadows an attribu
 
 def fuzz_settings(request: pytest.FixtureRequest) -> settings:
     return settings(max_examples=option(request.config, "--fuzz-examples"), deadline=None,
-                    database=None, derandomize=False,
+                    database=None, derandomize=not option(request.config, "--fuzz-random"),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
 

@@ -1,4 +1,5 @@
 from audio_harness import make
-from audio_sessions import host, tmp_out
+
+from nodehost.testing import host, tmp_out
 
 __all__ = ["host", "make", "tmp_out"]

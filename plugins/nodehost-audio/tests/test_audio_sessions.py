@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from audio_harness import sine
-from audio_sessions import chain, run, sink, source
+
+from nodehost.testing import chain, run, sink, source
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:

@@ -1,3 +1,3 @@
-from lfm2_sessions import host, tmp_out
+from nodehost.testing import host, tmp_out
 
 __all__ = ["host", "tmp_out"]

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import soundfile as sf
 import yaml
-from lfm2_sessions import run
+
+from nodehost.testing import run
 
 PIPELINE = Path(__file__).resolve().parents[3] / "manifests" / "lfm2_vibevoice.yaml"
 pytestmark = [

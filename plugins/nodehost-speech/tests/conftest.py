@@ -1,4 +1,5 @@
 from speech_harness import make
-from speech_sessions import host, tmp_out
+
+from nodehost.testing import host, tmp_out
 
 __all__ = ["host", "make", "tmp_out"]

@@ -73,9 +73,9 @@ def test_demo_runs_end_to_end_and_its_reply_says_the_words_back(
     import soundfile as sf
     import soxr
     from speech_harness import keywords_heard
-    from speech_sessions import run
 
     import nodehost
+    from nodehost.testing import run
 
     config = _demo()
     out = tmp_out / "reply.wav"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from speech_harness import Harness, keywords_heard, to_16k
-from speech_sessions import Run, chain, run, sink, source
 
 import nodehost
+from nodehost.testing import Run, chain, run, sink, source
 
 SENTENCE = "The quick brown fox visits the library on Tuesday."
 KEYWORDS = {"quick", "brown", "fox", "library", "tuesday"}

@@ -1,7 +1,20 @@
-"""Run nodes for real: a ``host`` fixture (with leak checks) and helpers that build a chain
-config, run it through ``nodehost.Host().start_session`` and collect its events.
+"""Test kit for nodehost and its plugins: run nodes for real, and fail the test that leaks.
 
-Uniquely named (not conftest.py) so both plugins' test folders can share one pytest run.
+Needs pytest (``pip install nodehost[test]``). In a plugin's ``tests/conftest.py``::
+
+    from nodehost.testing import host, tmp_out  # noqa: F401  (fixtures)
+
+then in a test::
+
+    from nodehost.testing import chain, run, sink, source
+
+    def test_gain(host, tmp_out):
+        done = run(host, chain("gain", source(wav_in), {"id": "g", "type": "Gain"},
+                               sink(tmp_out / "out.wav")))
+        done.assert_ok()
+
+``host`` is a real ``nodehost.Host`` over the installed plugins; after the test it fails if
+node processes are still running or iceoryx2 shared-memory files were left behind.
 """
 
 from __future__ import annotations
@@ -17,13 +30,20 @@ from typing import Any
 import psutil
 import pytest
 
+__all__ = ["Run", "chain", "child_processes", "host", "leaked_shm_files", "run", "shm_files",
+           "sink", "source", "tmp_out"]
 
-def _shm_files() -> set[str]:
+
+# --------------------------------------------------------------------------- leak checks
+
+def shm_files() -> set[str]:
+    """The iceoryx2 shared-memory files on this machine now."""
     return set(glob.glob("/dev/shm/iox2_*"))
 
 
 def _mapped_shm_files() -> set[str]:
-    """iceoryx2 files some live process still maps (another run's on a shared machine)."""
+    """iceoryx2 files some live process still maps (another test run's, on a shared
+    machine): those are not leaks of ours."""
     mapped: set[str] = set()
     for maps in glob.glob("/proc/[0-9]*/maps"):
         try:
@@ -34,9 +54,15 @@ def _mapped_shm_files() -> set[str]:
     return mapped
 
 
+def leaked_shm_files(before: set[str]) -> set[str]:
+    """Files that appeared since ``before`` and that no live process maps."""
+    new_files = shm_files() - before
+    return new_files - _mapped_shm_files() if new_files else new_files
+
+
 def _foreign_nodes() -> bool:
-    """Node processes that are not this test's (another test run or a benchmark on the same
-    machine): their shared-memory files are not this test's leak."""
+    """Node processes that are not this test's (another test run or a benchmark on the
+    same machine): files they create are not this test's leak."""
     mine = {p.pid for p in psutil.Process().children(recursive=True)}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
@@ -45,21 +71,42 @@ def _foreign_nodes() -> bool:
     return False
 
 
+def _resource_tracker(proc: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: started by a test's first "spawn" child and kept,
+    by design, for the life of the test process."""
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def child_processes() -> list[psutil.Process]:
+    """This process's live descendants (the resource tracker excepted)."""
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and \
+                    not _resource_tracker(proc):
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- fixtures
+
 @pytest.fixture
 def host() -> Iterator[Any]:
     """A real Host over the installed plugins; fails the test that leaves node processes or
     shared-memory files behind."""
     import nodehost
 
-    before = _shm_files()
+    before = shm_files()
     with nodehost.Host() as h:
         yield h
-    leftover = [p.pid for p in psutil.Process().children(recursive=True)
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    leftover = [p.pid for p in child_processes()]
     assert not leftover, f"node processes left running: {leftover}"
-    new_files = _shm_files() - before
-    if new_files:
-        new_files -= _mapped_shm_files()
+    new_files = leaked_shm_files(before)
     assert not new_files or _foreign_nodes(), \
         f"shared-memory files left behind: {sorted(new_files)}"
 
@@ -70,6 +117,8 @@ def tmp_out(tmp_path: Path) -> Path:
     os.chmod(tmp_path, 0o755)
     return tmp_path
 
+
+# --------------------------------------------------------------------------- sessions
 
 @dataclass
 class Run:
@@ -106,11 +155,13 @@ class Run:
 
 
 def source(path: Path, node_id: str = "src", **params: Any) -> dict[str, Any]:
+    """A ``WavSource`` node (nodehost-audio) reading ``path``, granted read access to it."""
     return {"id": node_id, "type": "WavSource", "params": {"path": str(path), **params},
             "sandbox": {"fs_read": [str(path)]}}
 
 
 def sink(path: Path, node_id: str = "sink", **params: Any) -> dict[str, Any]:
+    """A ``WavSink`` node (nodehost-audio) writing ``path``, granted write access to it."""
     return {"id": node_id, "type": "WavSink", "params": {"path": str(path), **params},
             "sandbox": {"fs_write": [str(path)]}}
 

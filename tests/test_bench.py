@@ -1,0 +1,78 @@
+"""`nodehost bench` runs end to end and reports what it promises (shape, not speed: the
+performance targets are judged by the bench itself, never by a timed test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from conftest import leaked_shm_files, shm_files
+
+from nodehost import bench
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    before = shm_files()
+    result = subprocess.run(
+        [sys.executable, "-m", "nodehost.cli", "bench", "--json", "--quick", "--no-runtime",
+         "--sizes", "1024,65536", "--placement", "same-core"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not leaked_shm_files(before), "the bench left iceoryx2 files behind"
+    return dict(json.loads(result.stdout))
+
+
+def test_every_transport_and_size_is_measured(report: dict[str, Any]) -> None:
+    rows = {(r["transport"], r["payload_bytes"]): r for r in report["results"]}
+    assert set(rows) == {(t, s) for t in bench.TRANSPORTS for s in (1024, 65536)}
+    for row in rows.values():
+        assert row["placement"] == "same-core"
+        assert 0 < row["p50_us"] <= row["p95_us"] <= row["p99_us"], row
+    for transport in bench.TRANSPORTS:
+        assert rows[(transport, 1024)]["msgs_per_s"] > 0
+        assert "msgs_per_s" not in rows[(transport, 65536)]
+
+
+def test_memory_and_cleanup_are_reported(report: dict[str, Any]) -> None:
+    memory = report["memory"]
+    assert memory["messages"] == 1000 and memory["payload_bytes"] == 1 << 20
+    assert len(memory["writer_rss_kib"]) == len(memory["reader_rss_kib"]) == 2
+    assert report["leftover_files"] == []
+
+
+def test_targets_are_judged_from_the_measurements(report: dict[str, Any]) -> None:
+    targets = {t["target"]: t for t in report["targets"]}
+    assert "nodehost p99 <= 1 ms" in targets
+    assert "1 KiB messages/s through one channel >= 50,000" in targets
+    worst = max(r["p99_us"] for r in report["results"] if r["transport"] == "nodehost")
+    assert targets["nodehost p99 <= 1 ms"]["met"] == (worst <= 1000)
+    assert report["machine"]["cpus"] >= 1
+
+
+def test_the_targets_judge_a_slow_transport_as_missed() -> None:
+    rows = [{"transport": t, "payload_bytes": s, "placement": "same-core", "p50_us": p50,
+             "p95_us": p50, "p99_us": p50 * 30}
+            for t, s, p50 in [("nodehost", 1024, 60.0), ("nodehost", 4096, 200.0),
+                              ("iceoryx2-raw", 1024, 10.0), ("mp-pipe", 4096, 100.0)]]
+    rows[0]["msgs_per_s"] = 1000
+    checks = {t: ok for t, _m, ok in bench.targets(rows, None, leftovers=2)}
+    assert checks == {
+        "same-core: nodehost p50 <= 50 us at every size": False,
+        "same-core: p50 at 4096 B <= 2x p50 at 1024 B": False,
+        "same-core: 1024 B within 2.5x of raw iceoryx2": False,
+        "same-core: 4096 B >= 50x faster than mp-pipe": False,
+        "nodehost p99 <= 1 ms": False,
+        "1 KiB messages/s through one channel >= 50,000": False,
+        "no iceoryx2 file left after the channels closed": False,
+    }
+
+
+def test_bad_sizes_are_a_usage_error() -> None:
+    result = subprocess.run([sys.executable, "-m", "nodehost.cli", "bench", "--sizes", "4"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "at least 8 bytes" in result.stderr and "Traceback" not in result.stderr
