@@ -40,7 +40,9 @@ def test_every_transport_and_size_is_measured(report: dict[str, Any]) -> None:
 def test_memory_and_cleanup_are_reported(report: dict[str, Any]) -> None:
     memory = report["memory"]
     assert memory["messages"] == 1000 and memory["payload_bytes"] == 1 << 20
-    assert len(memory["writer_rss_kib"]) == len(memory["reader_rss_kib"]) == 2
+    assert memory["rss_at"] == [100, 500, 1000]
+    assert len(memory["writer_rss_kib"]) == len(memory["reader_rss_kib"]) == 3
+    assert memory["writer_growth_kib"] == memory["writer_rss_kib"][2] - memory["writer_rss_kib"][1]
     assert report["leftover_files"] == []
 
 
