@@ -286,6 +286,8 @@ class VibeVoiceTTS(nodehost.Node):
         """Speak ``text``; chunks are sent from inside generation (see the module doc)."""
         text = " ".join(text.split())
         if not any(ch.isalnum() for ch in text):
+            if text:
+                self.logger.info("nothing to speak in %r (no letters or digits)", text[:80])
             return iter(())
         p: Any = self.params
         frames: list[np.ndarray] = []
