@@ -286,8 +286,8 @@ def pack_header(kind: int, flags: int, payload_size: int, timestamp_ns: int, seq
 def encode_session_id(session_id: str) -> bytes:
     raw = session_id.encode("utf-8")
     if len(raw) > MAX_SESSION_ID:
-        raise InvalidRuntimeData(f"session id {session_id[:20]!r}... is {len(raw)} bytes of UTF-8; "
-                         f"at most {MAX_SESSION_ID} fit in the header")
+        raise InvalidRuntimeData(f"session id {session_id[:20]!r}... is {len(raw)} bytes of "
+                                 f"UTF-8; at most {MAX_SESSION_ID} fit in the header")
     return raw
 
 
