@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import nodehost
+from nodehost.checkpoints import resolve_checkpoint
 from nodehost_lfm2audio import compat
 
 SAMPLE_RATE = 24_000
@@ -99,7 +100,7 @@ class LFM2Audio(nodehost.Node):
         if p.seed is not None:
             torch.manual_seed(p.seed)
         self.progress(0.05, f"resolving checkpoint {p.checkpoint}")
-        path = compat.resolve_checkpoint(p.checkpoint, p.hf_cache)
+        path = resolve_checkpoint(p.checkpoint, p.hf_cache)
         self.progress(0.15, f"loading LFM2-Audio from {path}")
         started = time.monotonic()
         self.processor, self.model = compat.load(path, p.device, p.dtype)

@@ -15,10 +15,14 @@ PIPELINE = Path(__file__).resolve().parents[3] / "manifests" / "lfm2_vibevoice.y
 
 def resolvers() -> list[Callable[..., Path]]:
     pytest.importorskip("huggingface_hub")
-    from nodehost_lfm2audio.compat import resolve_checkpoint as lfm2
+    from nodehost_lfm2audio.node import resolve_checkpoint as lfm2
     from nodehost_vibevoice.node import resolve_checkpoint as vibevoice
 
-    return [lfm2, vibevoice]
+    from nodehost.checkpoints import resolve_checkpoint
+
+    # Both plugins call the host's one resolver, so testing it tests both.
+    assert lfm2 is resolve_checkpoint and vibevoice is resolve_checkpoint
+    return [resolve_checkpoint]
 
 
 def fake_hub_cache(cache: Path, repo_id: str) -> Path:
