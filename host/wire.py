@@ -167,6 +167,7 @@ assert all(s.size == CRC_OFFSET for s in STRUCTS.values())
 # message, so they are memoized: parsing a header then costs a CRC, one struct unpack and
 # dictionary lookups (failures are never cached: every bad header is checked in full).
 _memo = functools.lru_cache(maxsize=1024)
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 
 
 @_memo
@@ -238,6 +239,10 @@ def _meta_from_fields(kind: int, f: tuple[Any, ...], payload_size: int) -> Metad
         shape = tuple(dims[:ndim])
         if math.prod(shape) * dt.itemsize != payload_size:  # Python ints: no overflow
             raise _bad(f"tensor {shape} of {dt.name} does not fill payload_size {payload_size}")
+        # An empty tensor fills a 0-byte payload whatever its other dimensions; numpy still
+        # refuses a shape whose non-zero dimensions overflow its index type.
+        if math.prod(d for d in shape if d) * dt.itemsize > _MAX_ARRAY_BYTES:
+            raise _bad(f"tensor shape {shape} is larger than any array can be")
         return TensorMetadata(shape, dt.name)
     if payload_size:
         raise _bad(f"end-of-stream carries payload_size {payload_size}")

@@ -15,6 +15,7 @@ import pytest
 from conftest import leaked_shm_files, shm_files
 from dataplane_procs import read_all
 
+from nodehost import wire
 from nodehost.channels import ChannelError, DataPlane
 from nodehost.data import RuntimeData
 from nodehost.errors import WireFormatError
@@ -82,6 +83,17 @@ def test_damaged_messages_are_rejected(damage: Any) -> None:
     raw = SAMPLES["tensor"]().to_bytes()
     with pytest.raises(WireFormatError):
         RuntimeData.from_bytes(damage(raw))
+
+
+def test_an_empty_tensor_with_an_impossible_shape_is_rejected() -> None:
+    # Found by fuzzing: 0 x 2**62 elements fill a 0-byte payload, but no array has that shape;
+    # it must be a damaged message, not a numpy ValueError in the reader.
+    header = wire.pack_header(wire.TENSOR, 0, 0, 1, 1, "s",
+                              wire.TensorMetadata((0, 1 << 62), "int16"))
+    with pytest.raises(WireFormatError, match="larger than any array"):
+        RuntimeData.from_bytes(header)
+    ok = wire.pack_header(wire.TENSOR, 0, 0, 1, 1, "s", wire.TensorMetadata((0, 5), "int16"))
+    assert RuntimeData.from_bytes(ok).as_array().shape == (0, 5)
 
 
 @pytest.mark.parametrize("build", [
