@@ -7,14 +7,40 @@ iceoryx2 shared-memory files: a leak fails the test that caused it.
 from __future__ import annotations
 
 import itertools
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
+import nodehost
 from nodehost.testing import host, leaked_shm_files, shm_files, tmp_out
 
-__all__ = ["host", "leaked_shm_files", "pid_alive", "probe_chain", "shm_files", "tmp_out"]
+__all__ = ["ManifestsPlugin", "host", "leaked_shm_files", "pid_alive", "probe_chain",
+           "shm_files", "tmp_out"]
+
+
+class ManifestsPlugin:
+    """An in-process plugin whose manifest hook returns ``items``, whatever they are."""
+
+    def __init__(self, items: Any) -> None:
+        self.items = items
+
+    @nodehost.hookimpl
+    def nodehost_node_manifests(self) -> Any:
+        return self.items
+
+
+@pytest.fixture
+def listener() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 for sandbox tests to try to reach: "host:port"."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
 
 
 def probe_chain(out: Path, *, count: int = 50, payload: int = 1024, name: str = "chain",

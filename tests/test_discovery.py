@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import ManifestsPlugin
 from fixture_dists import FIXTURE_PLUGINS, Installed, installed
 
 import nodehost
@@ -198,15 +199,6 @@ def test_disable_autoload_loads_no_plugin(installed: Installed) -> None:
 def tone(node_type: str = "Tone", **extra: Any) -> dict[str, Any]:
     return {"node_type": node_type, "version": "1.0.0", "entrypoint": "pkg.nodes:Tone",
             "outputs": {"out": {"data_type": "audio"}}, **extra}
-
-
-class ManifestsPlugin:
-    def __init__(self, items: Any) -> None:
-        self.items = items
-
-    @nodehost.hookimpl
-    def nodehost_node_manifests(self) -> Any:
-        return self.items
 
 
 class Recorder:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,6 @@ def hostile(host: Any, tmp_out: Path, attempt: str, target: str = "",
     result = host.start_session(config).wait(60)
     assert result.ok, result.reason
     return out.read_text().strip()
-
-
-@pytest.fixture
-def listener() -> Iterator[str]:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    server.close()
 
 
 def test_network_denied(host: Any, tmp_out: Path, listener: str) -> None:

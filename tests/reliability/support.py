@@ -23,14 +23,16 @@ import glob
 import itertools
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from nodehost.session import Session, SessionResult
+
+T = TypeVar("T")
 
 IOX2_ROOT = Path("/tmp/iceoryx2")
 SESSION_TIMEOUT_S = 180.0  # anti-hang only: no healthy session here takes more than seconds
@@ -180,14 +182,20 @@ def session_processes(session_ids: Iterable[str]) -> set[int]:
     return found
 
 
-def wait_no_session_processes(session_ids: Sequence[str],
-                              timeout: float = DEATH_TIMEOUT_S) -> set[int]:
+def poll_until_empty(probe: Callable[[], set[T]], timeout: float, interval: float) -> set[T]:
+    """``probe()`` again every ``interval`` s until it is empty or ``timeout`` s passed; its
+    last answer. (Outside state — other processes, the kernel — has no event to wait on.)"""
     deadline = time.monotonic() + timeout
     while True:
-        left = session_processes(session_ids)
+        left = probe()
         if not left or time.monotonic() >= deadline:
             return left
-        time.sleep(0.05)
+        time.sleep(interval)
+
+
+def wait_no_session_processes(session_ids: Sequence[str],
+                              timeout: float = DEATH_TIMEOUT_S) -> set[int]:
+    return poll_until_empty(lambda: session_processes(session_ids), timeout, 0.05)
 
 
 def own_tree() -> set[int]:
@@ -241,12 +249,7 @@ def unexplained_shm(before: set[str]) -> set[str]:
 def leaked_shm(before: set[str], settle_s: float = 15.0) -> set[str]:
     """``unexplained_shm``, given other activity on the machine up to ``settle_s`` to finish
     what it was doing (a file of another run between create and map)."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        left = unexplained_shm(before)
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.25)
+    return poll_until_empty(lambda: unexplained_shm(before), settle_s, 0.25)
 
 
 def shm_bytes(files: Iterable[str]) -> int:

@@ -71,15 +71,6 @@ def denied(text: str, what: str, by: str) -> None:
 
 
 @pytest.fixture
-def listener() -> Iterator[str]:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    server.close()
-
-
-@pytest.fixture
 def victim() -> Iterator[subprocess.Popen[bytes]]:
     """A process of the same user that is not part of any session."""
     proc = subprocess.Popen(["sleep", "300"])

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tomli_w
 import yaml
+from conftest import ManifestsPlugin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -102,34 +103,45 @@ def _slots(value: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-@st.composite
-def mutated_config(draw: Any) -> dict[str, Any]:
-    config = copy.deepcopy(VALID_CONFIG)
+def mutate(draw: Any, document: dict[str, Any], ops: list[str],
+           apply: Callable[[Any, str, Any, Any], None]) -> dict[str, Any]:
+    """A deep copy of ``document`` with 1-4 mutations: each picks a slot (a container and a
+    key in it) and an op, and ``apply(draw, op, container, key)`` carries it out."""
+    document = copy.deepcopy(document)
     for _ in range(draw(st.integers(1, 4))):
-        slots = _slots(config)
+        slots = _slots(document)
         if not slots:
             break
         container, key = draw(st.sampled_from(slots))
-        op = draw(st.sampled_from(["replace", "delete", "add", "duplicate", "retype"]))
-        if op == "replace":
-            container[key] = draw(json_like)
-        elif op == "delete":
-            del container[key]
-        elif op == "add":
-            if isinstance(container, dict):
-                container[draw(keys)] = draw(json_like)
-            else:
-                container.insert(key, draw(json_like))
-        elif op == "duplicate":
-            if isinstance(container, list):
-                container.append(copy.deepcopy(container[key]))
-            else:
-                container[draw(keys)] = copy.deepcopy(container[key])
-        else:  # the same value as another type
-            value = container[key]
-            container[key] = draw(st.sampled_from([str(value), [value], {"v": value},
-                                                   None, True, 1.5]))
-    return config
+        apply(draw, draw(st.sampled_from(ops)), container, key)
+    return document
+
+
+def _mutate_config_slot(draw: Any, op: str, container: Any, key: Any) -> None:
+    if op == "replace":
+        container[key] = draw(json_like)
+    elif op == "delete":
+        del container[key]
+    elif op == "add":
+        if isinstance(container, dict):
+            container[draw(keys)] = draw(json_like)
+        else:
+            container.insert(key, draw(json_like))
+    elif op == "duplicate":
+        if isinstance(container, list):
+            container.append(copy.deepcopy(container[key]))
+        else:
+            container[draw(keys)] = copy.deepcopy(container[key])
+    else:  # the same value as another type
+        value = container[key]
+        container[key] = draw(st.sampled_from([str(value), [value], {"v": value},
+                                               None, True, 1.5]))
+
+
+@st.composite
+def mutated_config(draw: Any) -> dict[str, Any]:
+    return mutate(draw, VALID_CONFIG, ["replace", "delete", "add", "duplicate", "retype"],
+                  _mutate_config_slot)
 
 
 def check_located(exc: ConfigError, data: Any, source: str | None = None) -> None:
@@ -246,33 +258,21 @@ manifest_values = st.recursive(
     | st.dictionaries(manifest_keys, children, max_size=4), max_leaves=20)
 
 
+def _mutate_manifest_slot(draw: Any, op: str, container: Any, key: Any) -> None:
+    if op == "replace":
+        container[key] = draw(manifest_values)
+    elif op == "delete":
+        del container[key]
+    elif op == "add" and isinstance(container, dict):
+        container[draw(manifest_keys)] = draw(manifest_values)
+    elif op == "rename" and isinstance(container, dict):
+        container[draw(manifest_keys)] = container.pop(key)
+
+
 @st.composite
 def mutated_manifest(draw: Any) -> dict[str, Any]:
-    manifest = copy.deepcopy(VALID_MANIFEST)
-    for _ in range(draw(st.integers(1, 4))):
-        slots = _slots(manifest)
-        if not slots:
-            break
-        container, key = draw(st.sampled_from(slots))
-        op = draw(st.sampled_from(["replace", "delete", "add", "rename"]))
-        if op == "replace":
-            container[key] = draw(manifest_values)
-        elif op == "delete":
-            del container[key]
-        elif op == "add" and isinstance(container, dict):
-            container[draw(manifest_keys)] = draw(manifest_values)
-        elif op == "rename" and isinstance(container, dict):
-            container[draw(manifest_keys)] = container.pop(key)
-    return manifest
-
-
-class ManifestsPlugin:
-    def __init__(self, items: Any) -> None:
-        self.items = items
-
-    @nodehost.hookimpl
-    def nodehost_node_manifests(self) -> Any:
-        return self.items
+    return mutate(draw, VALID_MANIFEST, ["replace", "delete", "add", "rename"],
+                  _mutate_manifest_slot)
 
 
 GOOD_SIBLING = {"node_type": "FuzzSibling", "version": "1.0.0", "entrypoint": "a.b:C",
