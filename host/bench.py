@@ -442,6 +442,15 @@ def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _sizes(value: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a comma-separated list of byte counts (e.g. 1024,65536)"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nodehost bench", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -449,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer messages (a smoke run: medians of 50, not 400)")
     parser.add_argument("--no-runtime", action="store_true",
                         help="skip the session scenarios (needs nodehost-testnodes)")
-    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
-                        default=SIZES, help="payload sizes in bytes, comma-separated")
+    parser.add_argument("--sizes", type=_sizes, default=SIZES,
+                        help="payload sizes in bytes, comma-separated")
     parser.add_argument("--placement", choices=[*PLACEMENTS, "both"], default="both",
                         help="pin writer and reader to one core, to two, or measure both")
     args = parser.parse_args(argv)

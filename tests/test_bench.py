@@ -73,8 +73,10 @@ def test_the_targets_judge_a_slow_transport_as_missed() -> None:
     }
 
 
-def test_bad_sizes_are_a_usage_error() -> None:
-    result = subprocess.run([sys.executable, "-m", "nodehost.cli", "bench", "--sizes", "4"],
+@pytest.mark.parametrize(("sizes", "message"), [
+    ("4", "at least 8 bytes"), ("1k,2k", "not a comma-separated list of byte counts")])
+def test_bad_sizes_are_a_usage_error(sizes: str, message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "nodehost.cli", "bench", "--sizes", sizes],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
-    assert "at least 8 bytes" in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
