@@ -101,6 +101,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
+    for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
+        print(f"  session {port.direction} {port.describe()}")
     return EXIT_OK
 
 

@@ -350,8 +350,14 @@ class NodeIO:
         """End of stream downstream, wait until readers took everything, then clean up."""
         for writer in self.writers.values():
             writer.send_eos()
-        for writer in self.writers.values():
-            writer.close()
+        # The application reads session outputs at its own pace: wait for it (a stop still
+        # ends the wait). Between nodes the default drain timeout applies.
+        host_reads = {p.port for p in self.runner.launch.outputs if p.host_reads}
+        for port, writer in self.writers.items():
+            if port in host_reads:
+                writer.close(drain_timeout=None)
+            else:
+                writer.close()
         self.runner.resolve(self.runner.node.cleanup())
 
     def fail(self, stage: str, exc: BaseException) -> int:

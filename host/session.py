@@ -35,9 +35,10 @@ import psutil
 from nodehost import control
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
+from nodehost.endpoints import SessionIO, open_ends
 from nodehost.errors import IllegalTransition, SessionError
 from nodehost.lifecycle import NodeProcess, ProcessStatus
-from nodehost.plan import NodeLaunch, new_session_id, plan_session
+from nodehost.plan import NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
 
@@ -98,8 +99,9 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
-class Session:
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+class Session(SessionIO):
+    """A running pipeline. Made by ``Host.start_session``; owns its node processes (and,
+    through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
                  python: str | None = None) -> None:
@@ -108,6 +110,9 @@ class Session:
         self.name = pipeline.config.name
         self.id = new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
+        self._ready = threading.Event()
+        self._ready_or_ended = threading.Event()
+        self._ends = open_ends(self.id, pipeline, plan_host_ends(pipeline, self.launches))
         self.python = python or sys.executable
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -126,6 +131,7 @@ class Session:
         self._spawned.wait()
         if self._spawn_error is not None:
             self._thread.join()
+            self._io_ended(SessionResult(False, str(self._spawn_error)), failed=True)
             raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
 
     # -- public API ----------------------------------------------------------------------
@@ -326,6 +332,7 @@ class Session:
                     started = True
                     for child in self._children.values():
                         control.send(child.sock, "start")
+                    self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
                                if c.process.status in (S.IDLE, S.INITIALIZING)]
@@ -509,6 +516,8 @@ class Session:
         else:
             result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
         self._result = result
+        self._io_ended(result, failed=not result.ok and (self._failure is not None or
+                                                         self._stop_requested is None))
         self._emit("session_end", ok=result.ok, reason=result.reason,
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
