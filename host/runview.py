@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session, SessionResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -103,10 +106,24 @@ def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
             yield event
 
 
+def _drop_outputs(session: Session) -> None:
+    with contextlib.suppress(NodehostError):  # a failure is reported by session.wait()
+        for _name, data in session.outputs():
+            data.release()
+
+
 def run_pipeline(config: str | Path, events: str | None = None) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "log")
     host = Host()
-    session = host.start_session(config)
+    pipeline = host.validate(config)
+    if pipeline.inputs:
+        raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
+                                          "fed by an application: embed the pipeline "
+                                          "(Session.send) or serve it; `nodehost run` has "
+                                          "nothing to feed them with"), source=str(config))
+    session = host.start_session(pipeline.config)
+    if pipeline.outputs:  # nobody here reads them: take and drop, so the nodes can finish
+        threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
     timeline = Timeline()
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -538,3 +538,21 @@ def test_validate_command_lists_session_ports(tmp_path: Path) -> None:
 def _no_stray_threads() -> Iterator[None]:
     yield
     gc.collect()
+
+
+def test_run_command_refuses_inputs_and_drains_outputs(tmp_path: Path) -> None:
+    fed = tmp_path / "fed.yaml"
+    fed.write_text("name: fed\ninputs: {mic: g.in}\noutputs: {o: g.out}\n"
+                   "nodes: [{id: g, type: Gain}]\n")
+    done = subprocess.run([sys.executable, "-m", "nodehost.cli", "run", str(fed)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2
+    assert "inputs: session inputs (mic) are fed by an application" in done.stderr
+    produced = tmp_path / "produced.yaml"
+    produced.write_text("name: produced\noutputs: {o: f.out}\n"
+                        "nodes: [{id: src, type: ProbeSource, params: {count: 40}},"
+                        " {id: f, type: Forward}]\nconnections: [{from: src, to: f}]\n")
+    done = subprocess.run([sys.executable, "-m", "nodehost.cli", "run", "--events", "json",
+                           str(produced)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert '"ok": true' in done.stdout.splitlines()[-1]
