@@ -25,16 +25,22 @@ _LAZY = {
     "Host": "nodehost.session",
     "Session": "nodehost.session",
     "SessionResult": "nodehost.session",
+    "SessionEnded": "nodehost.errors",
+    "SessionFailed": "nodehost.errors",
+    "SendTimeout": "nodehost.endpoints",
 }
 
 __all__ = [
     "Connection", "Host", "Node", "NodeConfig", "NodeManifest", "PipelineConfig",
-    "ProcessStatus", "RuntimeData", "Session", "SessionResult", "__version__", "hookimpl",
+    "ProcessStatus", "RuntimeData", "SendTimeout", "Session", "SessionEnded", "SessionFailed",
+    "SessionResult", "__version__", "hookimpl",
 ]
 
 if TYPE_CHECKING:
     from nodehost.config import Connection, NodeConfig, PipelineConfig
     from nodehost.data import RuntimeData
+    from nodehost.endpoints import SendTimeout
+    from nodehost.errors import SessionEnded, SessionFailed
     from nodehost.lifecycle import ProcessStatus
     from nodehost.manifest import NodeManifest
     from nodehost.node import Node

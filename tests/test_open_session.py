@@ -23,10 +23,9 @@ import pytest
 import soxr
 from reliability.support import leftovers, node_records, service_records, shm_files
 
-from nodehost import RuntimeData
+from nodehost import RuntimeData, SendTimeout, SessionEnded, SessionFailed
 from nodehost.config import load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
-from nodehost.endpoints import SendTimeout, SessionEnded, SessionFailed
 from nodehost.errors import ConfigError, SessionError
 from nodehost.session import Host, Session
 from nodehost.wire import InvalidRuntimeData
@@ -344,6 +343,37 @@ def test_asyncio_forms_keep_the_event_loop_free(host: Host) -> None:
     assert received == [c.tobytes() for c in sent]
     assert ticks > 10
     assert session.wait(TIMEOUT).ok
+
+
+def test_many_asyncio_sessions_in_one_loop_under_backpressure(host: Host) -> None:
+    """More blocked sends and output waits at once than the loop's default executor has
+    workers: each wait has a thread of its own, so every session finishes."""
+    config = {"name": "many", "inputs": {"mic": "g.in"}, "outputs": {"out": "g.out"},
+              "nodes": [{"id": "g", "type": "Gain", "params": {"gain": 1.0}}]}
+    sessions = [host.start_session(config) for _ in range(6)]
+    sent = [chunks(80, frames=128, seed=20 + i) for i in range(len(sessions))]
+
+    async def one(session: Session, data: list[np.ndarray]) -> list[bytes]:
+        async def feed() -> None:
+            await asyncio.sleep(0.2)  # the reader waits first
+            for chunk in data:
+                await session.asend("mic", RuntimeData.audio(chunk, sample_rate=RATE))
+            session.close_input("mic")
+
+        async def collect() -> list[bytes]:
+            return [np.array(d.as_array()).tobytes() async for _, d in session.aoutputs()]
+
+        _, received = await asyncio.gather(feed(), collect())
+        return received
+
+    async def main() -> list[list[bytes]]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(one(s, d) for s, d in zip(sessions, sent, strict=True))),
+            TIMEOUT)
+
+    for received, data in zip(asyncio.run(main()), sent, strict=True):
+        assert received == [c.tobytes() for c in data]
+    assert all(s.wait(TIMEOUT).ok for s in sessions)
 
 
 def test_asyncio_outputs_end_with_the_failure(host: Host) -> None:
