@@ -397,13 +397,14 @@ def test_asyncio_outputs_end_with_the_failure(host: Host) -> None:
 
 def test_views_outlive_the_session_safely_and_release_returns_them(host: Host) -> None:
     session = host.start_session(gain_chain("views"))
-    sent = chunks(20, seed=11)
-    for chunk in sent[:10]:
+    sent = chunks(30, seed=11)
+    for chunk in sent[:20]:  # the short, sequential form: fits in the channels
         session.send("mic", RuntimeData.audio(chunk, sample_rate=RATE), timeout=TIMEOUT)
     session.close_input("mic")
-    kept = []
+    kept, shared = [], []
     for index, (_, data) in enumerate(session.outputs()):
-        if index % 2:
+        shared.append(data.is_shared)
+        if index % 3 == 2:
             data.release()
             with pytest.raises(ValueError, match="released"):
                 data.as_array()
@@ -411,6 +412,8 @@ def test_views_outlive_the_session_safely_and_release_returns_them(host: Host) -
             kept.append((index, data.as_array()[::2]))  # a view of a view onto the sample
         del data
     assert session.wait(TIMEOUT).ok
+    # zero-copy views while the host holds few samples, private copies beyond (no stall)
+    assert shared[0] and not all(shared), shared
     gc.collect()
     for index, view in kept:  # still readable, and right, after the session ended
         assert view.tobytes() == sent[index][::2].tobytes()
@@ -470,6 +473,29 @@ def _problems(registry: Registry, config: dict[str, Any]) -> list[str]:
 
 
 GAINS = [{"id": "a", "type": "Gain"}, {"id": "b", "type": "Gain"}]
+
+
+def test_the_plan_counts_the_host_among_readers(registry: Registry) -> None:
+    from nodehost.plan import plan_host_ends, plan_session
+
+    pipeline = validate_pipeline(load_config({
+        "name": "plan", "nodes": GAINS, "inputs": {"mic": ["a.in", "b.in"]},
+        "outputs": {"o": "a.out"}, "connections": []}), registry.node_types)
+    launches = plan_session(pipeline, "plan-1234")
+    ends = plan_host_ends(pipeline, launches)
+    (a_out,) = next(launch for launch in launches if launch.node_id == "a").outputs
+    assert a_out.host_reads and a_out.subscribers == 1
+    assert ends.outputs["o"] == a_out
+    assert ends.inputs["mic"].channel == "nodehost/plan-1234/@inputs/mic"
+    assert ends.inputs["mic"].subscribers == 2  # one channel, fanned out to a.in and b.in
+    fanned = validate_pipeline(load_config({
+        "name": "plan", "nodes": [*GAINS, {"id": "c", "type": "Gain"}],
+        "inputs": {"mic": "a.in"}, "outputs": {"o": "a.out", "p": "b.out", "q": "c.out"},
+        "connections": [{"from": "a", "to": "b"}, {"from": "a", "to": "c"}]}),
+        registry.node_types)
+    launches = plan_session(fanned, "plan-1234")
+    (a_out,) = next(launch for launch in launches if launch.node_id == "a").outputs
+    assert a_out.subscribers == 3 and a_out.host_reads  # b, c and the host
 
 
 @pytest.mark.parametrize(("extra", "nodes", "expected"), [
