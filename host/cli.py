@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nodehost.errors import ConfigError, NodehostError
 
 if TYPE_CHECKING:
+    from nodehost.config import ResolvedNode
     from nodehost.discovery import NodeType, Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -103,7 +104,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{len(pipeline.connections)} connections")
     for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
         print(f"  session {port.direction} {port.describe()}")
+    for node in pipeline.nodes.values():
+        print(f"  nodes[{node.index}] {node.id} ({node.manifest.node_type}): "
+              f"{_resources_summary(node)}")
     return EXIT_OK
+
+
+def _resources_summary(node: ResolvedNode) -> str:
+    """What the node will run with, and where each value comes from."""
+    limit = node.memory_mb
+    source = "config" if node.memory_mb_from_config else "manifest"
+    text = f"memory limit {limit} MiB ({source})" if limit is not None else \
+        f"no memory limit ({source})"
+    if node.env:
+        text += ", env " + " ".join(f"{k}={v}" for k, v in sorted(node.env.items()))
+    return text
 
 
 def schemas() -> dict[str, dict[str, Any]]:

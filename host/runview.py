@@ -27,6 +27,8 @@ def format_event(event: dict[str, Any]) -> str | None:
     if kind == "status":
         text = f"{event['node']:<14} {event['status']:<12} pid={event['pid']} " \
                f"mem={_mib(event.get('memory_usage'))}"
+        if event.get("memory_limit"):
+            text += f" of {_mib(event['memory_limit'])}"
         if event.get("status") == "Initializing" and event.get("sandbox"):
             text += f" sandbox={','.join(event['sandbox'])}"
         if event.get("error"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -103,6 +104,9 @@ class ProbeSink(nodehost.Node):
             "session_id": self.session_id,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
+            # what the process ran with: the pipeline config's env and memory limit
+            "env": dict(os.environ),
+            "rlimit_data": resource.getrlimit(resource.RLIMIT_DATA)[0],
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
