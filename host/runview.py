@@ -42,6 +42,31 @@ def format_event(event: dict[str, Any]) -> str | None:
     return None
 
 
+def sandbox_warning(event: dict[str, Any]) -> str | None:
+    """For a node's first sandboxed status: which layers it did not get, and why."""
+    if event["event"] != "status" or event.get("status") != "Initializing" or \
+            not event.get("sandbox"):
+        return None
+    from nodehost.doctor import missing_layers
+
+    missing = missing_layers(event["sandbox"])
+    if not missing:
+        return None
+    needs = "; ".join(f"{layer}: {need}" for layer, need in missing.items())
+    return f"{event['node']:<14} sandbox without {', '.join(missing)} ({needs}; " \
+           "`nodehost doctor` says more)"
+
+
+def quiet_line(event: dict[str, Any]) -> str | None:
+    """What a non-terminal ``nodehost run`` prints: the nodes' logs, errors and missing
+    sandbox layers, not every state change (``--events log`` prints those)."""
+    if event["event"] == "log":
+        return format_event(event)
+    if event["event"] == "status" and event.get("error"):
+        return f"{event['node']:<14} {event['status']:<12} error: {event['error']}"
+    return sandbox_warning(event)
+
+
 class Timeline:
     """Per-node timing gathered from events: spawn → Ready, first output, messages."""
 
@@ -102,8 +127,9 @@ def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
     with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
         for event in session.events():
             timeline.add(event)
-            if event["event"] == "log":
-                live.console.print(format_event(event))
+            line = format_event(event) if event["event"] == "log" else sandbox_warning(event)
+            if line:
+                live.console.print(line)
             live.update(table())
             yield event
 
@@ -115,7 +141,7 @@ def _drop_outputs(session: Session) -> None:
 
 
 def run_pipeline(config: str | Path, events: str | None = None) -> int:
-    mode = events or ("live" if sys.stdout.isatty() else "log")
+    mode = events or ("live" if sys.stdout.isatty() else "quiet")
     host = Host()
     pipeline = host.validate(config)
     if pipeline.inputs:
@@ -141,9 +167,9 @@ def run_pipeline(config: str | Path, events: str | None = None) -> int:
             if mode == "json":
                 print(json.dumps(event), flush=True)
                 continue
-            if mode == "log":
+            if mode in ("log", "quiet"):
                 timeline.add(event)
-                line = format_event(event)
+                line = format_event(event) if mode == "log" else quiet_line(event)
                 if line:
                     print(line, flush=True)
         result = session.wait()

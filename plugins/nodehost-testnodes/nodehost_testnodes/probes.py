@@ -110,9 +110,3 @@ class ProbeSink(nodehost.Node):
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
-
-
-class TextSink(nodehost.Node):
-    def process(self, data: RuntimeData, port: str) -> None:
-        with open(self.params.out_path, "a", encoding="utf-8") as fh:
-            fh.write(data.as_text() + "\n")
