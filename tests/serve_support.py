@@ -20,8 +20,10 @@ import numpy as np
 import psutil
 import websockets
 from reliability.support import (
+    DEATH_TIMEOUT_S,
     leaked_shm,
     node_records,
+    poll_until_empty,
     service_records,
     shm_files,
     wait_no_session_processes,
@@ -180,8 +182,10 @@ def assert_nothing_left(session_ids: set[str]) -> None:
     assert session_ids, "no session id seen: nothing to check"
     ids = sorted(session_ids)
     assert not wait_no_session_processes(ids), f"processes of {ids} left behind"
-    assert not node_records(ids), f"iceoryx2 node records of {ids} left behind"
-    assert not service_records(ids), f"iceoryx2 services of {ids} left behind"
+    # a client that just left: its session is still being torn down (polled: no event)
+    records = poll_until_empty(lambda: set(node_records(ids) + service_records(ids)),
+                               DEATH_TIMEOUT_S, 0.1)
+    assert not records, f"iceoryx2 records of {ids} left behind: {sorted(records)}"
 
 
 def stop_cleanly(server: ServeProcess) -> None:
