@@ -198,7 +198,7 @@ class SessionEnds:
         if self._result is not None or name in self._closed_inputs or writer.closed or \
                 nbytes > writer.capacity:
             return False  # _send_locked raises the right error at once
-        return not writer._credit(nbytes)
+        return not writer.can_send(nbytes)
 
     def close_input(self, name: str, timeout: float | None = None) -> None:
         writer = self._writer(name)

@@ -364,10 +364,11 @@ class NodeIO:
         from nodehost import sandbox
 
         runner = self.runner
-        if isinstance(exc, MemoryError):
-            limit = runner.launch.memory_mb
-            runner.report("error", stage=stage, cause="memory",
-                          error=f"memory limit exceeded ({limit} MiB): MemoryError",
+        used = sandbox.memory_limit_hit(exc, runner.launch.memory_mb)
+        if used is not None:
+            # The host words it ("hit its memory limit of N MiB"); the native error is detail.
+            runner.report("error", stage=stage, cause="memory", error=describe(exc),
+                          memory_limit_mb=runner.launch.memory_mb, memory_used=used,
                           traceback=node_traceback(exc))
             return sandbox.EXIT_MEMORY_LIMIT
         runner.report("error", stage=stage, error=describe(exc), traceback=node_traceback(exc))
