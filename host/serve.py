@@ -45,8 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
 from nodehost.data import monotonic_stamp
-from nodehost.endpoints import SessionEnded
-from nodehost.errors import NodehostError, WireFormatError
+from nodehost.errors import NodehostError, SessionEnded, WireFormatError
 from nodehost.lifecycle import ProcessStatus
 from nodehost.session import Host, Session, SessionResult
 
