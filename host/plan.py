@@ -51,6 +51,7 @@ class NodeLaunch:
     plugin_paths: list[str]
     tmp_dir: str = ""
     host_pid: int = field(default_factory=os.getpid)
+    stats_interval_s: float = 0.5  # how often the runner reports its figures
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
