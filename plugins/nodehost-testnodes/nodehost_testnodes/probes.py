@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -73,13 +75,20 @@ class ProbeSink(nodehost.Node):
         self.sizes: set[int] = set()
         self.first_ts: float | None = None
         self.last_ts: float | None = None
+        self.first_mono: float | None = None
+        self.last_mono: float | None = None
+        self.latencies_us: list[float] = []  # send stamp → here (node code holds the data)
 
     def process(self, data: RuntimeData, port: str) -> None:
+        mono_ns = time.monotonic_ns()
+        self.latencies_us.append((mono_ns - data.timestamp_ns) / 1e3)
         buf = data.as_array().view(np.uint8).reshape(-1)
         now = time.time()
         if self.first_ts is None:
             self.first_ts = now
+            self.first_mono = mono_ns / 1e9
         self.last_ts = now
+        self.last_mono = mono_ns / 1e9
         seq, seed = (int(v) for v in buf[:HEADER].view("<u8"))
         if seq != self.expected.get(seed, 0):
             self.in_order = False
@@ -103,12 +112,13 @@ class ProbeSink(nodehost.Node):
             "session_id": self.session_id,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
+            # what the process ran with: the pipeline config's env and memory limit
+            "env": dict(os.environ),
+            "rlimit_data": resource.getrlimit(resource.RLIMIT_DATA)[0],
+            "first_mono": self.first_mono,
+            "last_mono": self.last_mono,
+            "latency_p50_us": (statistics.median(self.latencies_us)
+                               if self.latencies_us else None),
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
-
-
-class TextSink(nodehost.Node):
-    def process(self, data: RuntimeData, port: str) -> None:
-        with open(self.params.out_path, "a", encoding="utf-8") as fh:
-            fh.write(data.as_text() + "\n")
