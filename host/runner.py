@@ -37,6 +37,7 @@ EXIT_RUNNER_ERROR = 70
 IDLE_S = 0.25  # Processing → Ready once no input arrived for this long (no status flapping)
 STATS_INTERVAL_S = 0.5
 BATCH = 64  # messages taken from one input before looking at control and stats again
+CONTROL_POLL_S = 0.002  # a generating node looks at the control socket at most this often
 _HOST_FILES = str(Path(__file__).resolve().parent)
 
 
@@ -88,6 +89,7 @@ class Runner:
         self.node: Any = None
         self.started = False
         self.first_output_ts: float | None = None
+        self.next_poll = 0.0
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, kind: str, **fields: Any) -> None:
@@ -132,6 +134,15 @@ class Runner:
                         return
         finally:
             self.sock.setblocking(True)
+
+    def poll(self) -> None:
+        """Between generated messages: control and stats, at most every CONTROL_POLL_S
+        (looking at the socket costs three syscalls and an exception; a message a few µs)."""
+        now = time.monotonic()
+        if now >= self.next_poll:
+            self.next_poll = now + CONTROL_POLL_S
+            self.check_control()
+            self.stats()
 
     # -- calling node code ---------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
@@ -273,6 +284,11 @@ class NodeIO:
         self.writers = writers
         self.readers = readers
         self.only_output = next(iter(writers)) if len(writers) == 1 else None
+        from nodehost.data import RuntimeData
+
+        self.data_type = RuntimeData
+        # a returned RuntimeData goes straight to the only output's send (see take())
+        self.send_direct = None if self.only_output is None else writers[self.only_output].send
 
     def writer(self, port: str | None) -> Any:
         if port is None:
@@ -310,8 +326,7 @@ class NodeIO:
         runner.set_status("Processing")
         for item in runner.iterate(runner.node.generate()):
             self.emit(None, item)
-            runner.check_control()
-            runner.stats()
+            runner.poll()
 
     def consume(self) -> None:
         runner = self.runner
@@ -328,23 +343,46 @@ class NodeIO:
             if fds:
                 runner.check_control()
             for port, reader in list(open_ports.items()):
-                # A bounded batch: under a stream that never pauses the loop must still come
-                # round to the control socket (stop) and to stats(), which also empties
-                # latencies_us (else it grows by one float per message, without bound).
-                for _ in range(BATCH):
-                    if (data := reader.receive()) is None:
-                        break
-                    runner.set_status("Processing")
+                if self.take(port, reader):
                     last_input = time.monotonic()
-                    runner.received += 1
-                    runner.latencies_us.append((time.monotonic_ns() - data.timestamp_ns) / 1e3)
-                    self.deliver(node.process(data, port))
                 if reader.eos:
                     del open_ports[port]
                     self.deliver(node.end_of_stream(port))
             runner.stats()
             if runner.status == "Processing" and time.monotonic() - last_input >= IDLE_S:
                 runner.set_status("Ready")
+
+    def take(self, port: str, reader: Any) -> int:
+        """Up to BATCH messages of one input through the node; returns how many.
+
+        The per-message path: one clock read, the node's call and, when the node returns a
+        RuntimeData and has one output, that output's ``send`` — no generator or awaitable
+        checks in between. The batch is bounded: under a stream that never pauses the loop
+        must still come round to the control socket (stop) and to stats(), which also
+        empties latencies_us (else it grows by one float per message, without bound).
+        """
+        runner = self.runner
+        process = runner.node.process
+        receive = reader.receive
+        latencies = runner.latencies_us
+        clock = time.monotonic_ns
+        direct = self.send_direct
+        taken = 0
+        while taken < BATCH and (data := receive()) is not None:
+            taken += 1
+            runner.received += 1
+            if runner.status != "Processing":
+                runner.set_status("Processing")
+            latencies.append((clock() - data.timestamp_ns) / 1e3)
+            result = process(data, port)
+            if result is None:
+                continue
+            if direct is not None and type(result) is self.data_type:
+                direct(result)
+                self.count_output()
+            else:
+                self.deliver(result)
+        return taken
 
     def finish(self) -> None:
         """End of stream downstream, wait until readers took everything, then clean up."""
