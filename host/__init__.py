@@ -25,16 +25,19 @@ _LAZY = {
     "Host": "nodehost.session",
     "Session": "nodehost.session",
     "SessionResult": "nodehost.session",
+    "manifests_in": "nodehost.discovery",
 }
 
 __all__ = [
     "Connection", "Host", "Node", "NodeConfig", "NodeManifest", "PipelineConfig",
     "ProcessStatus", "RuntimeData", "Session", "SessionResult", "__version__", "hookimpl",
+    "manifests_in",
 ]
 
 if TYPE_CHECKING:
     from nodehost.config import Connection, NodeConfig, PipelineConfig
     from nodehost.data import RuntimeData
+    from nodehost.discovery import manifests_in
     from nodehost.lifecycle import ProcessStatus
     from nodehost.manifest import NodeManifest
     from nodehost.node import Node

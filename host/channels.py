@@ -521,6 +521,13 @@ class ChannelWriter:
         used = self._inflight_bytes + self._reserved_bytes
         return count < DEPTH and (count == 0 or used + nbytes <= self.capacity)
 
+    def can_send(self, nbytes: int) -> bool:
+        """True when a ``nbytes`` message would be sent now, without waiting for readers
+        (e.g. to send from an event loop's thread and wait elsewhere only when needed)."""
+        if self.closed or self.eos_sent or nbytes > self.capacity:
+            return False
+        return not self.backpressure or self._credit(nbytes)
+
     def _reserve(self, nbytes: int, timeout: float | None) -> None:
         if self.closed or self.eos_sent:
             raise ChannelClosed(f"channel {self.name!r}: "

@@ -39,6 +39,8 @@ def format_loc(loc: Iterable[int | str]) -> str:
     """``("nodes", 2, "params", "x")`` → ``nodes[2].params.x``."""
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker after a mapping key that failed: the key says it
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif not str(part).isidentifier():  # '', 'a.b', 'sample-rate': quoted, unambiguous

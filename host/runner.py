@@ -388,18 +388,25 @@ class NodeIO:
         """End of stream downstream, wait until readers took everything, then clean up."""
         for writer in self.writers.values():
             writer.send_eos()
-        for writer in self.writers.values():
-            writer.close()
+        # The application reads session outputs at its own pace: wait for it (a stop still
+        # ends the wait). Between nodes the default drain timeout applies.
+        host_reads = {p.port for p in self.runner.launch.outputs if p.host_reads}
+        for port, writer in self.writers.items():
+            if port in host_reads:
+                writer.close(drain_timeout=None)
+            else:
+                writer.close()
         self.runner.resolve(self.runner.node.cleanup())
 
     def fail(self, stage: str, exc: BaseException) -> int:
         from nodehost import sandbox
 
         runner = self.runner
-        if isinstance(exc, MemoryError):
-            limit = runner.launch.memory_mb
-            runner.report("error", stage=stage, cause="memory",
-                          error=f"memory limit exceeded ({limit} MiB): MemoryError",
+        used = sandbox.memory_limit_hit(exc, runner.launch.memory_mb)
+        if used is not None:
+            # The host words it ("hit its memory limit of N MiB"); the native error is detail.
+            runner.report("error", stage=stage, cause="memory", error=describe(exc),
+                          memory_limit_mb=runner.launch.memory_mb, memory_used=used,
                           traceback=node_traceback(exc))
             return sandbox.EXIT_MEMORY_LIMIT
         runner.report("error", stage=stage, error=describe(exc), traceback=node_traceback(exc))

@@ -35,9 +35,10 @@ import psutil
 from nodehost import control
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
+from nodehost.endpoints import SessionIO, open_ends
 from nodehost.errors import IllegalTransition, SessionError
 from nodehost.lifecycle import NodeProcess, ProcessStatus
-from nodehost.plan import NodeLaunch, new_session_id, plan_session
+from nodehost.plan import NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
 
@@ -98,8 +99,9 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
-class Session:
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+class Session(SessionIO):
+    """A running pipeline. Made by ``Host.start_session``; owns its node processes (and,
+    through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
                  python: str | None = None) -> None:
@@ -108,6 +110,9 @@ class Session:
         self.name = pipeline.config.name
         self.id = new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
+        self._ready = threading.Event()
+        self._ready_or_ended = threading.Event()
+        self._ends = open_ends(self.id, pipeline, plan_host_ends(pipeline, self.launches))
         self.python = python or sys.executable
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -126,6 +131,7 @@ class Session:
         self._spawned.wait()
         if self._spawn_error is not None:
             self._thread.join()
+            self._io_ended(SessionResult(False, str(self._spawn_error)), failed=True)
             raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
 
     # -- public API ----------------------------------------------------------------------
@@ -194,10 +200,14 @@ class Session:
         proc = child.process
         child.last_report = time.monotonic()
         self._emit("status", node=proc.node_id, node_type=proc.node_type, pid=proc.pid,
-                   status=proc.status.value, memory_usage=proc.memory_usage, error=proc.error,
+                   status=proc.status.value, memory_usage=proc.memory_usage,
+                   memory_limit=None if child.launch.memory_mb is None
+                   else child.launch.memory_mb << 20,
+                   error=proc.error,
                    sandbox=child.sandbox, stats=child.stats or None)
 
-    def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None) -> None:
+    def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None,
+                    memory: int | None = None) -> None:
         proc = child.process
         if proc.status == status:
             return
@@ -209,7 +219,9 @@ class Session:
         except IllegalTransition as exc:
             log.debug("%s", exc)  # e.g. an error reported while already stopping
             return
-        if not child.exited:
+        if memory is not None:  # the node's own figure (VmData at a failure): RSS misleads
+            proc.memory_usage = memory
+        elif not child.exited:
             proc.memory_usage = self._memory(child)
         self._status_event(child)
 
@@ -242,7 +254,7 @@ class Session:
                 [pythons[launch.node_id], "-m", "nodehost.runner", "--control-fd",
                  str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
-                env=self.host.node_env(tmp_dir),
+                env=self.host.node_env(tmp_dir, launch.env),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -326,6 +338,7 @@ class Session:
                     started = True
                     for child in self._children.values():
                         control.send(child.sock, "start")
+                    self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
                                if c.process.status in (S.IDLE, S.INITIALIZING)]
@@ -376,15 +389,27 @@ class Session:
             stage = message.get("stage", "")
             where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
                 f" during {stage}" if stage else ""
-            reason = f"failed{where}: {child.error}"
+            memory = None
+            if child.error_kind == "memory":
+                reason = self._memory_reason(child, where, child.error)
+                memory = message.get("memory_used")
+            else:
+                reason = f"failed{where}: {child.error}"
             tb = message.get("traceback")
             if tb:
                 log.info("%s traceback:\n%s", child.label, tb)
-            self._set_status(child, S.ERROR, error=reason)
+            self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == "log":
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
+
+    def _memory_reason(self, child: _Child, where: str, detail: str) -> str:
+        """A failure at the memory limit, worded as that, with what to change in the config."""
+        index = self.pipeline.nodes[child.launch.node_id].index
+        reason = (f"hit its memory limit of {child.launch.memory_mb} MiB{where} "
+                  f"(raise nodes[{index}].resources.memory_mb)")
+        return f"{reason}; the error: {detail}" if detail else reason
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
         assert child.popen.stdout is not None
@@ -426,16 +451,20 @@ class Session:
         if child.done and returncode == 0:
             self._set_status(child, S.STOPPING)
         elif child.error is None and not (stopping and child.process.status == S.STOPPING):
-            from nodehost.sandbox import EXIT_MEMORY_LIMIT
+            from nodehost.sandbox import EXIT_MEMORY_LIMIT, is_allocation_failure
 
-            if returncode == EXIT_MEMORY_LIMIT:
-                cause, kind = "exceeded its memory limit", "memory"
+            tail = self._output_tail(child)
+            if child.launch.memory_mb is not None and (
+                    returncode == EXIT_MEMORY_LIMIT
+                    or (returncode != 0 and is_allocation_failure(tail))):
+                # e.g. an uncaught std::bad_alloc: abort() after printing what it was
+                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
+                cause, kind = self._memory_reason(child, "", detail), "memory"
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
                 cause = describe_exit(returncode)
                 kind = "signal" if returncode < 0 else "exit"
-                tail = self._output_tail(child)
                 if tail:
                     cause += f" (last output: {tail[-200:]})"
             if not stopping or self._failure is None:
@@ -509,6 +538,8 @@ class Session:
         else:
             result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
         self._result = result
+        self._io_ended(result, failed=not result.ok and (self._failure is not None or
+                                                         self._stop_requested is None))
         self._emit("session_end", ok=result.ok, reason=result.reason,
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
@@ -555,10 +586,11 @@ class Host:
         with self._lock:
             return list(self._sessions)
 
-    def node_env(self, tmp_dir: str) -> dict[str, str]:
+    def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
         from nodehost.sandbox import scrubbed_env
 
-        return scrubbed_env(self._extra_env, tmp_dir=tmp_dir)
+        return scrubbed_env(self._extra_env, tmp_dir=tmp_dir, node_env=node_env)
 
     def _forget(self, session: Session) -> None:
         with self._lock:

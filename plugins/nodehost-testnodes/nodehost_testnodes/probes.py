@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import time
 from collections.abc import Iterator
@@ -111,6 +112,9 @@ class ProbeSink(nodehost.Node):
             "session_id": self.session_id,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
+            # what the process ran with: the pipeline config's env and memory limit
+            "env": dict(os.environ),
+            "rlimit_data": resource.getrlimit(resource.RLIMIT_DATA)[0],
             "first_mono": self.first_mono,
             "last_mono": self.last_mono,
             "latency_p50_us": (statistics.median(self.latencies_us)
@@ -118,9 +122,3 @@ class ProbeSink(nodehost.Node):
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
-
-
-class TextSink(nodehost.Node):
-    def process(self, data: RuntimeData, port: str) -> None:
-        with open(self.params.out_path, "a", encoding="utf-8") as fh:
-            fh.write(data.as_text() + "\n")
