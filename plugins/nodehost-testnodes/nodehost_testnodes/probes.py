@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -70,6 +71,12 @@ class Forward(nodehost.Node):
     def process(self, data: RuntimeData, port: str) -> RuntimeData:
         if self.iterations:
             spin(self.iterations)
+        return data
+
+
+class AsyncForward(nodehost.Node):
+    async def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        await asyncio.sleep(0)
         return data
 
 
