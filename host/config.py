@@ -21,13 +21,15 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from nodehost.errors import ConfigError, Issue, pydantic_issues
 from nodehost.errors import format_loc as format_loc  # re-exported
-from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy, check_pattern
+from nodehost.manifest import NodeManifest, PortSpec, Resources, SandboxPolicy, check_pattern
+from nodehost.sandbox import node_env_problem
 
 if TYPE_CHECKING:
     from nodehost.discovery import NodeType
@@ -37,6 +39,7 @@ DEFAULT_CAPACITY = 16 * 1024 * 1024
 YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 SESSION_PORT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -45,12 +48,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _env_name(name: str) -> str:
+    check_pattern(name, ENV_NAME, "a valid environment variable name (letters, digits and _, "
+                                  "not starting with a digit)")
+    problem = node_env_problem(name)
+    if problem:
+        raise PydanticCustomError("env_name", problem)
+    return name
+
+
+def _env_value(value: Any) -> Any:
+    # YAML reads `OMP_NUM_THREADS: 2` as a number: what a user means is the text "2".
+    # true/false are refused: a library may expect 1/0, TRUE or yes — the user says which.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("env_value", "{value} is not a string or a number (quote it)",
+                                  {"value": repr(value)})
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name),
+                    WithJsonSchema({"type": "string", "pattern": ENV_NAME})]
+EnvValue = Annotated[str, BeforeValidator(_env_value),
+                     WithJsonSchema({"type": ["string", "integer", "number"]})]
+
+
 class NodeConfig(_Strict):
     id: str = Field(json_schema_extra={"pattern": NODE_ID})
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
     sandbox: SandboxPolicy | None = Field(
         default=None, description="extra grants from the operator, merged with the manifest's"
+    )
+    resources: Resources | None = Field(
+        default=None, description="replaces the manifest's values (e.g. memory_mb, to raise or "
+                                  "lower the node's memory limit)"
+    )
+    env: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        description="environment variables for the node's process (e.g. CT2_USE_MKL, "
+                    "OMP_NUM_THREADS); the host's own environment is scrubbed",
     )
 
     @field_validator("id")
@@ -273,6 +311,23 @@ class ResolvedNode:
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def memory_mb_from_config(self) -> bool:
+        override = self.config.resources
+        return override is not None and "memory_mb" in override.model_fields_set
+
+    @property
+    def memory_mb(self) -> int | None:
+        """The memory limit: the config's ``resources.memory_mb``, else the manifest's."""
+        if self.memory_mb_from_config:
+            assert self.config.resources is not None
+            return self.config.resources.memory_mb
+        return self.manifest.resources.memory_mb
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.config.env)
 
     @property
     def manifest(self) -> NodeManifest:

@@ -59,8 +59,10 @@ class NodeLaunch:
     fs_write: list[str]
     memory_mb: int | None
     plugin_paths: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # the config's, added to the scrubbed one
     tmp_dir: str = ""
     host_pid: int = field(default_factory=os.getpid)
+    stats_interval_s: float = 0.5  # how often the runner reports its figures
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +160,8 @@ def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunc
             network=node.sandbox.network,
             fs_read=list(node.sandbox.fs_read),
             fs_write=list(node.sandbox.fs_write),
-            memory_mb=manifest.resources.memory_mb,
+            memory_mb=node.memory_mb,
             plugin_paths=package_paths(manifest.entrypoint),
+            env=node.env,
         ))
     return launches
