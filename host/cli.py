@@ -147,7 +147,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one JSON event per line on stdout; log: every state change; "
                         "live: terminal view (default when stdout is a terminal); quiet: "
                         "node logs, errors and the summary (default otherwise)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write every node's output lines and log records to DIR/<node>.log")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
