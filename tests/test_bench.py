@@ -121,3 +121,16 @@ def test_the_peers_table_gives_ratios_against_nodehost_and_says_what_was_skipped
     text = bench_peers.table(peers)
     assert "dora      skipped: dora-rs not installed" in text
     assert "2.00×" in text and "0.50×" in text
+
+
+@pytest.mark.parametrize("size", [1008, 200_000])
+def test_the_probe_sink_notices_a_single_damaged_byte(size: int) -> None:
+    import numpy as np
+    from nodehost_testnodes.probes import HEADER, fill_probe, fill_value, intact
+
+    buf = np.empty(size + HEADER, dtype=np.uint8)
+    fill_probe(buf, 12, 3)
+    assert intact(buf[HEADER:], fill_value(12, 3))
+    assert np.frombuffer(buf[:HEADER].tobytes(), "<u8").tolist() == [12, 3]
+    buf[-1] ^= 1
+    assert not intact(buf[HEADER:], fill_value(12, 3))
