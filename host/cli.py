@@ -147,7 +147,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from nodehost.config import load_config, validate_pipeline
+    from nodehost.graph import RENDERED, picture
+
+    if args.format in RENDERED and args.output is None and sys.stdout.isatty():
+        print(f"error: --format {args.format} is binary: write it with -o FILE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config)
+    try:
+        pipeline = validate_pipeline(config, _registry().node_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(args.config)) from None
+    data = picture(pipeline, args.format, args.stats)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({args.format}, {len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -267,7 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one JSON event per line on stdout; log: every state change; "
                         "live: terminal view (default when stdout is a terminal); quiet: "
                         "node logs, errors and the summary (default otherwise)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write every node's output lines and log records to DIR/<node>.log")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
+                   help="mermaid (default) and dot are text; svg and png need Graphviz")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--stats", metavar="EVENTS",
+                   help="annotate with a saved run: `nodehost run CONFIG --events json > "
+                        "EVENTS` (rates, occupancy, drops, blocked time)")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
                        add_help=False)
