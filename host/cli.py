@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nodehost.errors import ConfigError, NodehostError
 
 if TYPE_CHECKING:
+    from nodehost.config import ResolvedNode
     from nodehost.discovery import NodeType, Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -101,7 +102,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
+    for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
+        print(f"  session {port.direction} {port.describe()}")
+    for node in pipeline.nodes.values():
+        print(f"  nodes[{node.index}] {node.id} ({node.manifest.node_type}): "
+              f"{_resources_summary(node)}")
     return EXIT_OK
+
+
+def _resources_summary(node: ResolvedNode) -> str:
+    """What the node will run with, and where each value comes from."""
+    limit = node.memory_mb
+    source = "config" if node.memory_mb_from_config else "manifest"
+    text = f"memory limit {limit} MiB ({source})" if limit is not None else \
+        f"no memory limit ({source})"
+    if node.env:
+        text += ", env " + " ".join(f"{k}={v}" for k, v in sorted(node.env.items()))
+    return text
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -145,6 +162,40 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     code: int = envs.main(args.env_args)
     return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "websockets")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: nodehost serve needs {', '.join(missing)}: pip install "
+              "'nodehost[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    from nodehost.serve import main_serve
+
+    return main_serve(args)
+
+
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a pipeline to WebSocket clients and a browser page, "
+                                     "one session per client")
+    p.add_argument("config", help="pipeline config file with session inputs/outputs")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
+    p.add_argument("--warm", type=int, default=0, metavar="N",
+                   help="keep N sessions started and Ready for the next clients")
+    p.add_argument("--max-sessions", type=int, default=None, metavar="M",
+                   help="at most M sessions (idle warm ones included); clients past it are "
+                        "refused at once")
+    p.add_argument("--token", default=None, metavar="T",
+                   help="secret a client must give (?token=T or 'Authorization: Bearer T'); "
+                        "default: $NODEHOST_SERVE_TOKEN")
+    p.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024, metavar="B",
+                   help="largest binary frame a client may send (default 4 MiB)")
+    p.set_defaults(func=cmd_serve)
 
 
 def cmd_new(args: argparse.Namespace) -> int:
@@ -227,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
+
+    add_serve_parser(sub)
 
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")

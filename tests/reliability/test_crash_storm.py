@@ -66,7 +66,8 @@ def expected_cause(kind: str, position: str) -> str:
         "process_exception": rf"failed in {stage}\(\): ValueError: injected failure after "
                              r"\d+ messages",
         "hang_init": rf"did not become Ready within init_timeout_s={HANG_INIT_TIMEOUT_S:g} s",
-        "memory": r"memory limit exceeded \(256 MiB\): MemoryError|exceeded its memory limit",
+        "memory": rf"hit its memory limit of 256 MiB in {stage}\(\) \(raise "
+                  r"nodes\[\d+\]\.resources\.memory_mb\); the error: MemoryError",
     }[kind]
 
 
