@@ -461,9 +461,10 @@ def validate_pipeline(
         declared[node_cfg.id] = index
         node_type = node_types.get(node_cfg.type)
         if node_type is None:
+            from nodehost.discovery import unknown_type_hint
+
             issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
-                                               f"{_closest(node_cfg.type, node_types)}; "
-                                               "`nodehost nodes` lists the installed ones"))
+                                               f"{unknown_type_hint(node_cfg.type, node_types)}"))
             continue
         manifest = node_type.manifest
         try:
