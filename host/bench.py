@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 SIZES = [1024, 64 * 1024, 1024 * 1024, 10 * 1024 * 1024]
 TRANSPORTS = ["nodehost", "iceoryx2-raw", "mp-pipe", "mp-shm"]
@@ -384,10 +384,40 @@ def machine() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 
+class Target(NamedTuple):
+    """One judged target. ``value`` and ``limit`` are numbers in one unit, so a later run can
+    tell not only met/missed but by how much (``regressed``)."""
+
+    target: str
+    measured: str
+    met: bool
+    value: float
+    limit: float
+    higher_is_better: bool
+
+    def regressed(self, factor: float) -> bool:
+        """Worse than the target by more than ``factor`` (e.g. 4: a quarter of a rate, four
+        times a latency)."""
+        if self.higher_is_better:
+            return self.value * factor < self.limit
+        return self.value > self.limit * factor
+
+    def as_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+def at_least(target: str, measured: str, value: float, limit: float) -> Target:
+    return Target(target, measured, value >= limit, value, limit, True)
+
+
+def at_most(target: str, measured: str, value: float, limit: float) -> Target:
+    return Target(target, measured, value <= limit, value, limit, False)
+
+
 def targets(results: list[dict[str, Any]], soak_result: dict[str, Any] | None,
-            leftovers: int) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for the data-plane targets this run can judge."""
-    out: list[tuple[str, str, bool]] = []
+            leftovers: int) -> list[Target]:
+    """The data-plane targets this run can judge."""
+    out: list[Target] = []
     p50 = {(r["transport"], r["payload_bytes"], r["placement"]): r["p50_us"] for r in results}
     rate = {r["transport"]: r["msgs_per_s"] for r in results if "msgs_per_s" in r}
     for placement in PLACEMENTS:
@@ -395,34 +425,41 @@ def targets(results: list[dict[str, Any]], soak_result: dict[str, Any] | None,
         if not ours:
             continue
         worst = max(ours.values())
-        out.append((f"{placement}: nodehost p50 <= 50 us at every size", f"max {worst} us",
-                    worst <= 50))
+        out.append(at_most(f"{placement}: nodehost p50 <= 50 us at every size",
+                           f"max {worst} us", worst, 50))
         small, large = ours.get(min(ours)), ours.get(max(ours))
         if small and large and max(ours) > min(ours):
-            out.append((f"{placement}: p50 at {max(ours)} B <= 2x p50 at {min(ours)} B",
-                        f"{large / small:.2f}x", large <= 2 * small))
+            out.append(at_most(f"{placement}: p50 at {max(ours)} B <= 2x p50 at {min(ours)} B",
+                               f"{large / small:.2f}x", large / small, 2))
         raw = p50.get(("iceoryx2-raw", min(ours), placement))
         if raw and small:
-            out.append((f"{placement}: {min(ours)} B within 2.5x of raw iceoryx2",
-                        f"{small / raw:.2f}x", small <= 2.5 * raw))
+            out.append(at_most(f"{placement}: {min(ours)} B within 2.5x of raw iceoryx2",
+                               f"{small / raw:.2f}x", small / raw, 2.5))
         pipe = p50.get(("mp-pipe", max(ours), placement))
         if pipe and large:
-            out.append((f"{placement}: {max(ours)} B >= 50x faster than mp-pipe",
-                        f"{pipe / large:.0f}x", pipe >= 50 * large))
+            out.append(at_least(f"{placement}: {max(ours)} B >= 50x faster than mp-pipe",
+                                f"{pipe / large:.0f}x", pipe / large, 50))
     worst99 = max((r["p99_us"] for r in results if r["transport"] == "nodehost"), default=None)
     if worst99 is not None:
-        out.append(("nodehost p99 <= 1 ms", f"max {worst99} us", worst99 <= 1000))
+        out.append(at_most("nodehost p99 <= 1 ms", f"max {worst99} us", worst99, 1000))
     if "nodehost" in rate:
-        out.append(("1 KiB messages/s through one channel >= 50,000",
-                    f"{rate['nodehost']:,}", rate["nodehost"] >= 50_000))
+        out.append(at_least("1 KiB messages/s through one channel >= 50,000",
+                            f"{rate['nodehost']:,}", rate["nodehost"], 50_000))
     if soak_result:
         growth = max(soak_result["writer_growth_kib"], soak_result["reader_growth_kib"])
         half = soak_result["messages"] // 2
-        out.append((f"RSS flat over {soak_result['messages']:,} x 1 MiB (growth < 1 MiB "
-                    f"over the last {half:,})", f"{growth} KiB", growth < 1024))
-    out.append(("no iceoryx2 file left after the channels closed", f"{leftovers} left",
-                leftovers == 0))
+        out.append(Target(f"RSS flat over {soak_result['messages']:,} x 1 MiB (growth < 1 MiB "
+                          f"over the last {half:,})", f"{growth} KiB", growth < 1024,
+                          growth, 1024, False))
+    out.append(at_most("no iceoryx2 file left after the channels closed", f"{leftovers} left",
+                       leftovers, 0))
     return out
+
+
+def regressions(checks: list[Target], factor: float) -> list[Target]:
+    """Targets missed by more than ``factor`` (a target of zero, such as leftover files,
+    has no slack: missed is regressed)."""
+    return [t for t in checks if (t.regressed(factor) if t.limit else not t.met)]
 
 
 def _table(results: list[dict[str, Any]]) -> str:
@@ -465,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", action="store_true",
                         help="also run the node workloads on dora-rs and multiprocessing "
                              "queues (pip install 'nodehost[peers]') and print the ratios")
+    parser.add_argument("--check", type=float, metavar="FACTOR", default=None,
+                        help="exit 1 when a target is missed by more than FACTOR (e.g. 4: a "
+                             "quarter of a target rate, 4x a target latency): a CI smoke run")
     parser.add_argument("--rounds", type=int, default=None,
                         help="runs per peer workload (median taken; default 3, 1 with --quick)")
     args = parser.parse_args(argv)
@@ -508,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         from nodehost import bench_runtime
 
         runtime = bench_runtime.run_all(None if args.json else
-                                        (lambda s: say(f"scenario {s} ...")))
+                                        (lambda s: say(f"scenario {s} ...")), quick=args.quick)
     peers: dict[str, Any] | None = None
     if args.peers:
         from nodehost import bench_peers
@@ -517,14 +557,26 @@ def main(argv: list[str] | None = None) -> int:
                                     progress=say)
     latency_rows = [r for r in results if "p50_us" in r]
     checks = targets(latency_rows, soak_result, len(leftovers))
+    if runtime:
+        from nodehost import bench_runtime
+
+        checks += bench_runtime.targets(runtime)
+    regressed = regressions(checks, args.check) if args.check else []
+    for target in regressed:
+        print(f"REGRESSED (worse than {args.check:g}x the target): {target.target}: "
+              f"{target.measured}", file=sys.stderr)
+    status = 1 if regressed else 0
     if args.json:
         report = {"results": results, "memory": soak_result, "leftover_files": leftovers,
-                  "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in checks],
+                  "targets": [t.as_json() for t in checks],
                   "runtime": runtime, "machine": machine()}
         if peers is not None:
             report["peers"] = peers
+        if args.check:
+            report["check"] = {"factor": args.check,
+                               "regressed": [t.target for t in regressed]}
         print(json.dumps(report, indent=2))
-        return 0
+        return status
     print(_table(latency_rows))
     print(f"\nmessages/s of {THROUGHPUT_BYTES} B: "
           + ", ".join(f"{t} {v:,}" for t, v in rates.items()))
@@ -533,15 +585,15 @@ def main(argv: list[str] | None = None) -> int:
           f"writer {' / '.join(f'{v:,}' for v in soak_result['writer_rss_kib'])}, "
           f"reader {' / '.join(f'{v:,}' for v in soak_result['reader_rss_kib'])}")
     print("\ntargets:")
-    for target, measured, ok in checks:
-        print(f"  [{'met' if ok else 'MISSED'}] {target}: {measured}")
+    for check in checks:
+        print(f"  [{'met' if check.met else 'MISSED'}] {check.target}: {check.measured}")
     for scenario in runtime:
         print("  ".join(f"{k}={v}" for k, v in scenario.items()))
     if peers is not None:
         from nodehost import bench_peers
 
         print("\n" + bench_peers.table(peers))
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # probe nodes import spin() from here: keep this module light
+    from nodehost.bench import Target
     from nodehost.session import Host
 
 
@@ -46,12 +47,23 @@ def _run_summary(host: Host, config: dict[str, Any], out: Path) -> dict[str, Any
     return summary
 
 
-def chain_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
-    out = tmp / "throughput.json"
-    summary = _run_summary(host, _chain(out, count, 1024, 1), out)
-    elapsed = summary["last_ts"] - summary["first_ts"]
-    return {"scenario": "3-node chain throughput (1 KiB)", "messages": summary["count"],
+def _throughput(host: Host, tmp: Path, count: int, middle: int) -> dict[str, Any]:
+    out = tmp / f"throughput{middle}.json"
+    summary = _run_summary(host, _chain(out, count, 1024, middle), out)
+    elapsed = summary["last_mono"] - summary["first_mono"]
+    return {"scenario": f"{middle + 2}-node chain throughput (1 KiB)",
+            "messages": summary["count"],
             "msgs_per_s": round((summary["count"] - 1) / elapsed) if elapsed > 0 else None}
+
+
+def hop_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
+    """Source → sink: one hop through two real nodes."""
+    return _throughput(host, tmp, count, 0)
+
+
+def chain_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
+    """Source → forward → sink."""
+    return _throughput(host, tmp, count, 1)
 
 
 def chain_latency(host: Host, tmp: Path, count: int = 400) -> dict[str, Any]:
@@ -167,12 +179,45 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
             "speedup": round(nodes_rate / threads_rate, 2)}
 
 
-SCENARIOS: list[Callable[[Host, Path], dict[str, Any]]] = [
-    chain_throughput, chain_latency, startup_teardown, crash_teardown, parallel_branches,
+SCENARIOS: list[Callable[..., dict[str, Any]]] = [
+    hop_throughput, chain_throughput, chain_latency, startup_teardown, crash_teardown,
+    parallel_branches,
+]
+QUICK: dict[str, dict[str, int]] = {  # --quick: fewer messages and rounds, same scenarios
+    "hop_throughput": {"count": 5000}, "chain_throughput": {"count": 5000},
+    "chain_latency": {"count": 150}, "startup_teardown": {"rounds": 3},
+    "crash_teardown": {"rounds": 3}, "parallel_branches": {"count": 60},
+}
+# (scenario, figure, target, higher is better, what) — issue 14's targets for real nodes
+TARGETS: list[tuple[str, str, float, bool, str]] = [
+    ("hop_throughput", "msgs_per_s", 50_000, True, "1-hop 1 KiB msgs/s through nodes"),
+    ("chain_throughput", "msgs_per_s", 40_000, True, "3-node chain 1 KiB msgs/s"),
+    ("chain_latency", "p50_us", 60, False, "per-hop p50 incl. runner (paced), us"),
+    ("startup_teardown", "ready_p50_s", 0.5, False, "5 nodes start → all Ready, s"),
+    ("startup_teardown", "teardown_p50_s", 0.3, False, "stop → all reaped, s"),
+    ("crash_teardown", "p50_ms", 50, False, "crash → session torn down, ms"),
+    ("parallel_branches", "speedup", 1.8, True, "2 CPU-bound branches ÷ 2 threads"),
 ]
 
 
-def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def targets(runtime: list[dict[str, Any]]) -> list[Target]:
+    """The runtime targets, judged from ``run_all``'s results (as ``bench.Target``)."""
+    from nodehost.bench import at_least, at_most
+
+    by_id = {r.get("id"): r for r in runtime}
+    out: list[Target] = []
+    for scenario, figure, limit, higher, what in TARGETS:
+        value = by_id.get(scenario, {}).get(figure)
+        if value is None:
+            continue
+        judge = at_least if higher else at_most
+        out.append(judge(f"runtime: {what} {'>=' if higher else '<='} {limit:g}",
+                         f"{value:,}", value, limit))
+    return out
+
+
+def run_all(progress: Callable[[str], None] | None = None,
+            quick: bool = False) -> list[dict[str, Any]]:
     from nodehost.session import Host
 
     host = Host()
@@ -186,6 +231,7 @@ def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any
         for scenario in SCENARIOS:
             if progress:
                 progress(scenario.__name__)
-            results.append(scenario(host, Path(tmp)))
+            kwargs = QUICK.get(scenario.__name__, {}) if quick else {}
+            results.append({"id": scenario.__name__, **scenario(host, Path(tmp), **kwargs)})
     host.close()
     return results

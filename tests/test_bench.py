@@ -52,6 +52,9 @@ def test_targets_are_judged_from_the_measurements(report: dict[str, Any]) -> Non
     assert "1 KiB messages/s through one channel >= 50,000" in targets
     worst = max(r["p99_us"] for r in report["results"] if r["transport"] == "nodehost")
     assert targets["nodehost p99 <= 1 ms"]["met"] == (worst <= 1000)
+    assert targets["nodehost p99 <= 1 ms"]["value"] == worst
+    assert targets["nodehost p99 <= 1 ms"]["limit"] == 1000
+    assert all(t.keys() == set(bench.Target._fields) for t in report["targets"])
     assert report["machine"]["cpus"] >= 1
 
 
@@ -61,7 +64,7 @@ def test_the_targets_judge_a_slow_transport_as_missed() -> None:
             for t, s, p50 in [("nodehost", 1024, 60.0), ("nodehost", 4096, 200.0),
                               ("iceoryx2-raw", 1024, 10.0), ("mp-pipe", 4096, 100.0)]]
     rows[0]["msgs_per_s"] = 1000
-    checks = {t: ok for t, _m, ok in bench.targets(rows, None, leftovers=2)}
+    checks = {t.target: t.met for t in bench.targets(rows, None, leftovers=2)}
     assert checks == {
         "same-core: nodehost p50 <= 50 us at every size": False,
         "same-core: p50 at 4096 B <= 2x p50 at 1024 B": False,
@@ -71,6 +74,29 @@ def test_the_targets_judge_a_slow_transport_as_missed() -> None:
         "1 KiB messages/s through one channel >= 50,000": False,
         "no iceoryx2 file left after the channels closed": False,
     }
+
+
+def test_a_check_flags_only_what_missed_its_target_by_more_than_the_factor() -> None:
+    from nodehost import bench_runtime
+
+    runtime = [{"id": "hop_throughput", "msgs_per_s": 20_000},      # 2.5x below 50k: slack
+               {"id": "chain_throughput", "msgs_per_s": 9_000},     # 4.4x below 40k
+               {"id": "crash_teardown", "p50_ms": 150.0},           # 3x above 50 ms: slack
+               {"id": "chain_latency", "p50_us": 250.0},            # 4.2x above 60 us
+               {"id": "parallel_branches", "speedup": 1.9}]         # met
+    checks = bench_runtime.targets(runtime)
+    assert {t.target: t.met for t in checks} == {
+        "runtime: 1-hop 1 KiB msgs/s through nodes >= 50000": False,
+        "runtime: 3-node chain 1 KiB msgs/s >= 40000": False,
+        "runtime: crash → session torn down, ms <= 50": False,
+        "runtime: per-hop p50 incl. runner (paced), us <= 60": False,
+        "runtime: 2 CPU-bound branches ÷ 2 threads >= 1.8": True}
+    regressed = {t.target for t in bench.regressions(checks, 4)}
+    assert regressed == {"runtime: 3-node chain 1 KiB msgs/s >= 40000",
+                         "runtime: per-hop p50 incl. runner (paced), us <= 60"}
+    leftovers = bench.targets([], None, leftovers=1)
+    assert [t.target for t in bench.regressions(leftovers, 100)] == [
+        "no iceoryx2 file left after the channels closed"]
 
 
 @pytest.mark.parametrize(("sizes", "message"), [
