@@ -164,6 +164,40 @@ def cmd_env(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "websockets")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: nodehost serve needs {', '.join(missing)}: pip install "
+              "'nodehost[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    from nodehost.serve import main_serve
+
+    return main_serve(args)
+
+
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a pipeline to WebSocket clients and a browser page, "
+                                     "one session per client")
+    p.add_argument("config", help="pipeline config file with session inputs/outputs")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
+    p.add_argument("--warm", type=int, default=0, metavar="N",
+                   help="keep N sessions started and Ready for the next clients")
+    p.add_argument("--max-sessions", type=int, default=None, metavar="M",
+                   help="at most M sessions (idle warm ones included); clients past it are "
+                        "refused at once")
+    p.add_argument("--token", default=None, metavar="T",
+                   help="secret a client must give (?token=T or 'Authorization: Bearer T'); "
+                        "default: $NODEHOST_SERVE_TOKEN")
+    p.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024, metavar="B",
+                   help="largest binary frame a client may send (default 4 MiB)")
+    p.set_defaults(func=cmd_serve)
+
+
 def cmd_new(args: argparse.Namespace) -> int:
     from nodehost.scaffold import create, names
 
@@ -244,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
+
+    add_serve_parser(sub)
 
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")

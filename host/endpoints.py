@@ -26,8 +26,8 @@ zero-copy; a reader that keeps more gets private copies of the later ones (see
 Threads: one thread may send on each input while another sends on a different input and a
 third reads the outputs; each input and the outputs have their own lock, so two senders on
 the same input take turns. The asyncio forms never block the event loop: a send or a take
-that can complete at once runs in the loop's thread, waiting happens in a worker thread that
-a wake-up eventfd releases when the awaiting task is cancelled.
+that can complete at once runs in the loop's thread; waiting happens in a thread of its own
+(``off_loop``), which a wake-up eventfd releases when an awaiting ``aoutputs`` is cancelled.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import atexit
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nodehost.channels import (
     ChannelClosed,
@@ -48,7 +48,7 @@ from nodehost.channels import (
     DataPlane,
 )
 from nodehost.data import RuntimeData
-from nodehost.errors import SessionError, WireFormatError
+from nodehost.errors import SessionEnded, SessionError, SessionFailed, WireFormatError
 from nodehost.wire import InvalidRuntimeData
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from nodehost.plan import HostEnds
     from nodehost.session import SessionResult
 
+T = TypeVar("T")
 CLOSE_WAIT_S = 5.0  # at session end: how long to wait for an application thread to leave
 
 
@@ -64,19 +65,6 @@ class _Pending:
 
 
 _PENDING = _Pending()
-
-
-class SessionEnded(SessionError):
-    """The session has ended; ``result`` says how. Its inputs take nothing more."""
-
-    def __init__(self, message: str, result: SessionResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class SessionFailed(SessionEnded):
-    """The session failed (a node crashed, failed or timed out): ``result`` names the node
-    and the cause. Raised by ``send()`` and ``outputs()`` instead of hanging."""
 
 
 class SendTimeout(ChannelTimeout, TimeoutError):
@@ -103,6 +91,34 @@ def check_accepts(port: SessionPort, data: RuntimeData) -> None:
             shown = accepted[0] if len(accepted) == 1 else f"one of {accepted}"
             raise InvalidRuntimeData(f"session input {port.name!r} takes {what} {shown} "
                                      f"({', '.join(map(str, port.ports))}), got {value}")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread of its own, awaited without blocking the event loop.
+
+    Not the loop's default executor: its few workers would all end up blocked in sends and
+    output waits of many sessions (each waiting on another), and nothing would move."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # the awaiting task was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="nodehost-session-io", daemon=True).start()
+    return await future
 
 
 class SessionEnds:
@@ -192,7 +208,7 @@ class SessionEnds:
                     return
             finally:
                 lock.release()
-        await asyncio.to_thread(self.send, name, data, timeout)
+        await off_loop(self.send, name, data, timeout)
 
     def _send_would_block(self, name: str, writer: ChannelWriter, nbytes: int) -> bool:
         if self._result is not None or name in self._closed_inputs or writer.closed or \
@@ -294,15 +310,12 @@ class SessionEnds:
         return not any(self._readers[name].has_data() for name in self._open_outputs)
 
     async def _await_output(self) -> None:
-        waiter = asyncio.ensure_future(asyncio.to_thread(self._wait_for_output))
         try:
-            await asyncio.shield(waiter)
+            await off_loop(self._wait_for_output)
         except asyncio.CancelledError:
-            # Release the worker thread (and the read lock) before giving up: nothing is
-            # taken in that thread, so no message is lost to the cancelled task.
+            # Release the waiting thread (and the read lock): it only waits and takes no
+            # message, so nothing is lost to the cancelled task.
             self._wake()
-            with contextlib.suppress(Exception):
-                await waiter
             raise
 
     def _wake(self) -> None:

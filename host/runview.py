@@ -76,6 +76,11 @@ class Timeline:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def add(self, event: dict[str, Any]) -> None:
+        if event["event"] == "stats":
+            for node, figures in event["nodes"].items():
+                if node in self.rows:
+                    self.rows[node]["stats"] = figures
+            return
         if event["event"] != "status":
             return
         node = event["node"]
@@ -83,8 +88,6 @@ class Timeline:
         row.update(status=event["status"], pid=event["pid"])
         if event.get("memory_usage"):
             row["memory"] = max(row.get("memory", 0), event["memory_usage"])
-        if event.get("stats"):
-            row["stats"] = event["stats"]
         self.spawned.setdefault(node, event["ts"])
         if event["status"] == "Ready" and node not in self.ready:
             self.ready[node] = event["ts"]
@@ -113,14 +116,14 @@ def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
 
     def table() -> Table:
         t = Table(title=f"nodehost session {session.id}", expand=False)
-        for col in ("node", "type", "pid", "status", "memory", "in", "out", "latency p50"):
+        for col in ("node", "type", "pid", "status", "memory", "in", "out", "input age p50"):
             t.add_column(col)
         for node, row in timeline.rows.items():
             stats = row.get("stats") or {}
-            lat = stats.get("latency_p50_us")
+            lat = (stats.get("input_age_s") or {}).get("p50")
             t.add_row(node, row["type"], str(row.get("pid", "")), row.get("status", ""),
                       _mib(row.get("memory")), str(stats.get("received", 0)),
-                      str(stats.get("sent", 0)), f"{lat:.0f} µs" if lat else "-")
+                      str(stats.get("sent", 0)), f"{lat * 1e3:.1f} ms" if lat else "-")
         return t
 
     console = Console(stderr=False)

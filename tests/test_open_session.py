@@ -23,10 +23,9 @@ import pytest
 import soxr
 from reliability.support import leftovers, node_records, service_records, shm_files
 
-from nodehost import RuntimeData
+from nodehost import RuntimeData, SendTimeout, SessionEnded, SessionFailed
 from nodehost.config import load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
-from nodehost.endpoints import SendTimeout, SessionEnded, SessionFailed
 from nodehost.errors import ConfigError, SessionError
 from nodehost.session import Host, Session
 from nodehost.wire import InvalidRuntimeData
@@ -68,6 +67,19 @@ def in_thread(target: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, box
 
 
+def stream(session: Session, name: str, arrays: list[np.ndarray]) -> list[tuple[str, Any]]:
+    """Send ``arrays`` as 48 kHz audio to input ``name`` and close it, while another thread
+    reads every output: what it read."""
+    reader, got = in_thread(read_all, session)
+    for array in arrays:
+        session.send(name, RuntimeData.audio(array, sample_rate=RATE), timeout=TIMEOUT)
+    session.close_input(name)
+    reader.join(TIMEOUT)
+    (received,) = got
+    assert isinstance(received, list), received
+    return received
+
+
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return discover()
@@ -78,12 +90,7 @@ def registry() -> Registry:
 def test_audio_chunks_come_back_in_order_and_bit_exact(host: Host) -> None:
     sent = chunks(200)
     session = host.start_session(gain_chain())
-    reader, got = in_thread(read_all, session)
-    for chunk in sent:
-        session.send("mic", RuntimeData.audio(chunk, sample_rate=RATE), timeout=TIMEOUT)
-    session.close_input("mic")
-    reader.join(TIMEOUT)
-    (received,) = got
+    received = stream(session, "mic", sent)
     assert [name for name, _ in received] == ["out"] * len(sent)
     for (_, back), chunk in zip(received, sent, strict=True):
         assert back.tobytes() == chunk.tobytes()
@@ -99,16 +106,11 @@ def test_resampled_stream_matches_soxr_run_directly(host: Host) -> None:
               "connections": [{"from": "rs", "to": "g"}]}
     sent = chunks(100, frames=960, seed=3)
     session = host.start_session(config)
-    reader, got = in_thread(read_all, session)
-    for chunk in sent:
-        session.send("mic", RuntimeData.audio(chunk, sample_rate=RATE), timeout=TIMEOUT)
-    session.close_input("mic")
-    reader.join(TIMEOUT)
-    (received,) = got
-    stream = soxr.ResampleStream(RATE, 16_000, 1, dtype="float32", quality="HQ")
-    expected = np.concatenate([stream.resample_chunk(c.reshape(-1, 1)).reshape(-1)
+    received = stream(session, "mic", sent)
+    resampler = soxr.ResampleStream(RATE, 16_000, 1, dtype="float32", quality="HQ")
+    expected = np.concatenate([resampler.resample_chunk(c.reshape(-1, 1)).reshape(-1)
                                for c in sent]
-                              + [stream.resample_chunk(np.zeros((0, 1), np.float32),
+                              + [resampler.resample_chunk(np.zeros((0, 1), np.float32),
                                                        last=True).reshape(-1)])
     back = np.concatenate([a.reshape(-1) for _, a in received])
     assert back.tobytes() == expected.tobytes()
@@ -136,12 +138,7 @@ def test_fan_out_of_one_input_and_two_outputs(host: Host) -> None:
                         {"id": "b", "type": "Gain", "params": {"gain": 0.5}}]}
     sent = chunks(60, seed=5)
     session = host.start_session(config)
-    reader, got = in_thread(read_all, session)
-    for chunk in sent:
-        session.send("mic", RuntimeData.audio(chunk, sample_rate=RATE), timeout=TIMEOUT)
-    session.close_input("mic")
-    reader.join(TIMEOUT)
-    (received,) = got
+    received = stream(session, "mic", sent)
     by_name: dict[str, list[np.ndarray]] = {"double": [], "half": []}
     for name, array in received:
         by_name[name].append(array)
@@ -346,6 +343,37 @@ def test_asyncio_forms_keep_the_event_loop_free(host: Host) -> None:
     assert received == [c.tobytes() for c in sent]
     assert ticks > 10
     assert session.wait(TIMEOUT).ok
+
+
+def test_many_asyncio_sessions_in_one_loop_under_backpressure(host: Host) -> None:
+    """More blocked sends and output waits at once than the loop's default executor has
+    workers: each wait has a thread of its own, so every session finishes."""
+    config = {"name": "many", "inputs": {"mic": "g.in"}, "outputs": {"out": "g.out"},
+              "nodes": [{"id": "g", "type": "Gain", "params": {"gain": 1.0}}]}
+    sessions = [host.start_session(config) for _ in range(6)]
+    sent = [chunks(80, frames=128, seed=20 + i) for i in range(len(sessions))]
+
+    async def one(session: Session, data: list[np.ndarray]) -> list[bytes]:
+        async def feed() -> None:
+            await asyncio.sleep(0.2)  # the reader waits first
+            for chunk in data:
+                await session.asend("mic", RuntimeData.audio(chunk, sample_rate=RATE))
+            session.close_input("mic")
+
+        async def collect() -> list[bytes]:
+            return [np.array(d.as_array()).tobytes() async for _, d in session.aoutputs()]
+
+        _, received = await asyncio.gather(feed(), collect())
+        return received
+
+    async def main() -> list[list[bytes]]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(one(s, d) for s, d in zip(sessions, sent, strict=True))),
+            TIMEOUT)
+
+    for received, data in zip(asyncio.run(main()), sent, strict=True):
+        assert received == [c.tobytes() for c in data]
+    assert all(s.wait(TIMEOUT).ok for s in sessions)
 
 
 def test_asyncio_outputs_end_with_the_failure(host: Host) -> None:
