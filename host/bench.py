@@ -370,11 +370,72 @@ def soak(count: int) -> dict[str, Any]:
             "reader_growth_kib": reader_rss[2] - reader_rss[1]}
 
 
+def forward_cost(size: int = 10 << 20, count: int = 30) -> dict[str, Any]:
+    """What a node that returns its input pays to forward it: ``send()`` of a received
+    ``size``-byte message into another channel, against one plain memmove of as many bytes
+    between private buffers, alternating in this process (medians). iceoryx2 cannot publish
+    a received sample on another service, so one copy into the output sample is the floor."""
+    import numpy as np
+
+    from nodehost.channels import DataPlane
+
+    name = f"nodehost-bench/{os.getpid()}/forward"  # (leftovers_of_this_run finds it)
+    capacity = _capacity(size)
+    send_ns: list[int] = []
+    copy_ns: list[int] = []
+    src = np.full(size, 3, np.uint8)
+    dst = np.empty(size, np.uint8)
+    with DataPlane(f"bench-forward-{os.getpid()}") as plane:
+        into = plane.open_writer(f"{name}/in", capacity, readers=1)
+        inbox = plane.open_reader(f"{name}/in", capacity, max_subscribers=1)
+        out = plane.open_writer(f"{name}/out", capacity, readers=1)
+        outbox = plane.open_reader(f"{name}/out", capacity, max_subscribers=1)
+        for i in range(count):
+            with into.loan_tensor((size,), np.uint8) as array:
+                array[:] = i & 0xFF
+            data = inbox.receive()
+            assert data is not None
+            started = time.perf_counter_ns()
+            out.send(data)
+            send_ns.append(time.perf_counter_ns() - started)
+            forwarded = outbox.receive()
+            assert forwarded is not None and forwarded.as_array()[-1] == i & 0xFF
+            del data, forwarded
+            started = time.perf_counter_ns()
+            ctypes.memmove(dst.ctypes.data, src.ctypes.data, size)
+            copy_ns.append(time.perf_counter_ns() - started)
+    send, copy = statistics.median(send_ns) / 1e3, statistics.median(copy_ns) / 1e3
+    return {"payload_bytes": size, "messages": count, "send_us": round(send, 1),
+            "memmove_us": round(copy, 1), "ratio": round(send / copy, 2)}
+
+
 def _soak_marks(count: int) -> tuple[int, int, int]:
     """When RSS is sampled. Growth is judged over the second half: during the first messages
     RSS rises once by the sample pool's shared-memory pages being touched for the first
     time (bounded by the pool, about 10 MiB for 1 MiB messages), not by a leak."""
     return count // 10, count // 2, count
+
+
+def leftovers_of_this_run(before: set[str], settle_s: float = 5.0) -> list[str]:
+    """What this bench left behind, attributed, not merely diffed (the machine may run other
+    nodehost sessions meanwhile): the iceoryx2 service records that name this run's channels
+    (``nodehost-bench/<pid>/...``), and ``/dev/shm`` files new since ``before`` that no live
+    process maps — given other activity ``settle_s`` to map a file it is creating."""
+    import glob
+
+    from nodehost.testing import leaked_shm_files
+
+    ours = f'service_name = "nodehost-bench/{os.getpid()}/'
+    records = []
+    for path in glob.glob("/tmp/iceoryx2/services/*.service"):
+        with contextlib.suppress(OSError), open(path, encoding="utf-8",
+                                                errors="replace") as fh:
+            if ours in fh.read():
+                records.append(path)
+    deadline = time.monotonic() + settle_s
+    while (files := leaked_shm_files(before)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return sorted(records) + sorted(files)
 
 
 def machine() -> dict[str, Any]:
@@ -415,7 +476,7 @@ def at_most(target: str, measured: str, value: float, limit: float) -> Target:
 
 
 def targets(results: list[dict[str, Any]], soak_result: dict[str, Any] | None,
-            leftovers: int) -> list[Target]:
+            leftovers: int, forward: dict[str, Any] | None = None) -> list[Target]:
     """The data-plane targets this run can judge."""
     out: list[Target] = []
     p50 = {(r["transport"], r["payload_bytes"], r["placement"]): r["p50_us"] for r in results}
@@ -445,6 +506,9 @@ def targets(results: list[dict[str, Any]], soak_result: dict[str, Any] | None,
     if "nodehost" in rate:
         out.append(at_least("1 KiB messages/s through one channel >= 50,000",
                             f"{rate['nodehost']:,}", rate["nodehost"], 50_000))
+    if forward is not None:
+        out.append(at_most(f"forwarding {forward['payload_bytes'] >> 20} MiB costs <= 1.5x "
+                           "one memmove", f"{forward['ratio']}x", forward["ratio"], 1.5))
     if soak_result:
         growth = max(soak_result["writer_growth_kib"], soak_result["reader_growth_kib"])
         half = soak_result["messages"] // 2
@@ -514,9 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     say: Callable[[str], None] = (lambda s: None) if args.json else \
         (lambda s: print(s, file=sys.stderr, flush=True))
 
-    from nodehost.channels import cleanup_dead_nodes, leftover_files
+    from nodehost.channels import cleanup_dead_nodes
+    from nodehost.testing import shm_files
 
-    before = leftover_files()
+    before = shm_files()
     placements = PLACEMENTS if args.placement == "both" else [args.placement]
     results = []
     for placement in placements:
@@ -541,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     n = 1_000 if args.quick else 10_000
     say(f"memory: {n} x 1 MiB through one nodehost channel ...")
     soak_result = soak(n)
+    say("forwarding: send() of a received 10 MiB message vs one memmove ...")
+    forward = forward_cost(count=10 if args.quick else 30)
     cleanup_dead_nodes()
-    leftovers = sorted(leftover_files() - before)
+    leftovers = leftovers_of_this_run(before)
     runtime: list[dict[str, Any]] = []
     if not args.no_runtime:
         from nodehost import bench_runtime
@@ -556,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         peers = bench_peers.run_all(args.rounds or (1 if args.quick else 3), quick=args.quick,
                                     progress=say)
     latency_rows = [r for r in results if "p50_us" in r]
-    checks = targets(latency_rows, soak_result, len(leftovers))
+    checks = targets(latency_rows, soak_result, len(leftovers), forward)
     if runtime:
         from nodehost import bench_runtime
 
@@ -567,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{target.measured}", file=sys.stderr)
     status = 1 if regressed else 0
     if args.json:
-        report = {"results": results, "memory": soak_result, "leftover_files": leftovers,
+        report = {"results": results, "memory": soak_result, "forward": forward,
+                  "leftover_files": leftovers,
                   "targets": [t.as_json() for t in checks],
                   "runtime": runtime, "machine": machine()}
         if peers is not None:
@@ -584,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: {soak_result['messages']:,} x 1 MiB, RSS KiB after {marks} messages: "
           f"writer {' / '.join(f'{v:,}' for v in soak_result['writer_rss_kib'])}, "
           f"reader {' / '.join(f'{v:,}' for v in soak_result['reader_rss_kib'])}")
+    print(f"forwarding {forward['payload_bytes']:,} B: send() {forward['send_us']:,} µs, one "
+          f"memmove {forward['memmove_us']:,} µs ({forward['ratio']}x)")
     print("\ntargets:")
     for check in checks:
         print(f"  [{'met' if check.met else 'MISSED'}] {check.target}: {check.measured}")

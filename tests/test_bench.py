@@ -46,6 +46,15 @@ def test_memory_and_cleanup_are_reported(report: dict[str, Any]) -> None:
     assert report["leftover_files"] == []
 
 
+def test_forwarding_is_measured_against_one_memmove(report: dict[str, Any]) -> None:
+    forward = report["forward"]
+    assert forward["payload_bytes"] == 10 << 20 and forward["messages"] == 10
+    assert forward["send_us"] > 0 and forward["memmove_us"] > 0
+    assert forward["ratio"] == round(forward["send_us"] / forward["memmove_us"], 2)
+    targets = {t["target"]: t for t in report["targets"]}
+    assert targets["forwarding 10 MiB costs <= 1.5x one memmove"]["value"] == forward["ratio"]
+
+
 def test_targets_are_judged_from_the_measurements(report: dict[str, Any]) -> None:
     targets = {t["target"]: t for t in report["targets"]}
     assert "nodehost p99 <= 1 ms" in targets
@@ -160,3 +169,20 @@ def test_the_probe_sink_notices_a_single_damaged_byte(size: int) -> None:
     assert np.frombuffer(buf[:HEADER].tobytes(), "<u8").tolist() == [12, 3]
     buf[-1] ^= 1
     assert not intact(buf[HEADER:], fill_value(12, 3))
+
+
+def test_leftovers_are_attributed_to_this_run_by_channel_name() -> None:
+    import os
+
+    from nodehost.channels import DataPlane
+    from nodehost.testing import shm_files
+
+    before = shm_files()
+    plane = DataPlane(f"bench-leftover-{os.getpid()}")
+    try:
+        plane.open_writer(f"nodehost-bench/{os.getpid()}/left", 1 << 16, readers=1)
+        still_open = bench.leftovers_of_this_run(before, settle_s=0)
+        assert any(path.endswith(".service") for path in still_open), still_open
+    finally:
+        plane.close()
+    assert bench.leftovers_of_this_run(before, settle_s=5) == []
