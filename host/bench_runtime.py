@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -178,8 +180,13 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
            "sandbox": {"fs_write": [str(o)]}} for x, o in zip("ab", outs, strict=True)),
     ], "connections": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
                        {"from": "a", "to": "sink_a"}, {"from": "b", "to": "sink_b"}]}
+    cpu_before, machine_before, wall_before = _children_cpu_s(), _machine_jiffies(), \
+        time.monotonic()
     session = host.start_session(config)
     session.wait()
+    wall = time.monotonic() - wall_before
+    nodes_cpu = _children_cpu_s() - cpu_before
+    machine = [b - a for a, b in zip(machine_before, _machine_jiffies(), strict=True)]
     sums = [json.loads(o.read_text()) for o in outs]
     span = max(s["last_ts"] for s in sums) - min(s["first_ts"] for s in sums)
     nodes_rate = 2 * count / span
@@ -195,10 +202,32 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
     for t in threads:
         t.join()
     threads_rate = 2 * count / (time.perf_counter() - t0)
+    # Where the two cores went while the session ran (its whole life, start-up included):
+    # busy and steal are cores' worth of /proc/stat time, session_cores the node processes'
+    # own CPU — so busy − session_cores is what other processes on the machine took.
+    cpus = os.cpu_count() or 1
+    total = sum(machine) or 1
+    busy_cores = cpus * (total - machine[3] - machine[4]) / total
     return {"scenario": f"2 CPU-bound branches ({work_ms:g} ms/msg) vs 2 threads in 1 process",
             "nodes_msgs_per_s": round(nodes_rate, 1),
             "threads_msgs_per_s": round(threads_rate, 1),
-            "speedup": round(nodes_rate / threads_rate, 2)}
+            "speedup": round(nodes_rate / threads_rate, 2),
+            "work_cpu_s": round(2 * count * work_ms / 1000, 2),
+            "nodes_cpu_s": round(nodes_cpu, 2), "session_wall_s": round(wall, 2),
+            "machine_busy_cores": round(busy_cores, 2),
+            "session_cores": round(nodes_cpu / wall, 2),
+            "steal_cores": round(cpus * machine[7] / total, 2) if len(machine) > 7 else None}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_jiffies() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal ..."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        return [int(v) for v in fh.readline().split()[1:]]
 
 
 SCENARIOS: list[Callable[..., dict[str, Any]]] = [
