@@ -98,3 +98,7 @@ class ChannelError(NodehostError):
 
 class SessionError(NodehostError):
     """A session cannot start, or was used in a way its state does not allow."""
+
+
+class MachineError(SessionError):
+    """Another machine's agent could not be reached, refused a request, or answered falsely."""
