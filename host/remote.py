@@ -37,7 +37,12 @@ from nodehost.config import (
 )
 from nodehost.discovery import NodeType
 from nodehost.errors import ConfigError, Issue, MachineError, SessionError
-from nodehost.lifecycle import NodeProcess, ProcessStatus
+from nodehost.lifecycle import (
+    NodeProcess,
+    ProcessChannelBinding,
+    ProcessStatus,
+    SharedMemoryChannel,
+)
 from nodehost.manifest import NodeManifest
 from nodehost.plan import new_session_id
 from nodehost.session import Session, SessionResult
@@ -286,9 +291,11 @@ class _PartHost:
         self._host = host
         self.registry = _QuietRegistry(registry)
         self.on_event = on_event
+        self.stats_interval_s = host.stats_interval_s
 
-    def node_env(self, tmp_dir: str) -> dict[str, str]:
-        return self._host.node_env(tmp_dir)
+    def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
+        return self._host.node_env(tmp_dir, node_env)
 
     def _forget(self, session: Session) -> None:
         pass
@@ -330,6 +337,12 @@ class DistributedSession(Session):
         self._result: SessionResult | None = None
         self._finished = threading.Event()
         self._stop_requested: str | None = None
+        self._ends = None  # no session inputs/outputs (refused below)
+        self._ready = threading.Event()
+        self._ready_or_ended = threading.Event()
+        if config.inputs or config.outputs:
+            raise SessionError("session inputs and outputs are not available yet for "
+                               "pipelines placed on several machines (docs/distributed.md)")
         remote = {n.machine for n in config.nodes if n.machine not in (None, LOCAL_MACHINE)}
         self._agents = connect_agents(config, {m for m in remote if m is not None})
         self._local: Session | None = None
@@ -368,8 +381,16 @@ class DistributedSession(Session):
             return {node: p.status for node, p in self._status.items()}
 
     def processes(self) -> dict[str, NodeProcess]:
+        """Every node's record as its machine last reported it (bridge nodes left out)."""
         with self._lock:
             return dict(self._status)
+
+    def channels(self) -> dict[str, SharedMemoryChannel]:
+        """This machine's channels (each machine has its own shared memory)."""
+        return self._local.channels() if self._local is not None else {}
+
+    def bindings(self) -> list[ProcessChannelBinding]:
+        return self._local.bindings() if self._local is not None else []
 
     def stop(self, reason: str = "stopped by request", timeout: float | None = None
              ) -> SessionResult:
@@ -408,6 +429,11 @@ class DistributedSession(Session):
                 proc.status = ProcessStatus(fields["status"])
             proc.memory_usage = fields.get("memory_usage")
             proc.error = fields.get("error")
+            live = (ProcessStatus.READY, ProcessStatus.PROCESSING)
+            if len(self._status) == len(self.pipeline.nodes) and \
+                    all(p.status in live for p in self._status.values()):
+                self._ready.set()
+                self._ready_or_ended.set()
 
     # -- supervisor ----------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -497,6 +523,7 @@ class DistributedSession(Session):
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    failed_machine=result.failed_machine, duration_s=round(duration, 6))
         self.host._forget(self)
+        self._ready_or_ended.set()
         self._finished.set()
 
 

@@ -12,6 +12,7 @@ signal is tied to it, and it lives until every child is reaped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import queue
@@ -32,12 +33,20 @@ from typing import Any
 
 import psutil
 
-from nodehost import control
+from nodehost import control, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
+from nodehost.endpoints import SessionIO, open_ends
 from nodehost.errors import IllegalTransition, SessionError
-from nodehost.lifecycle import NodeProcess, ProcessStatus
-from nodehost.plan import NodeLaunch, new_session_id, plan_session
+from nodehost.lifecycle import (
+    NodeProcess,
+    ProcessChannelBinding,
+    ProcessStatus,
+    Role,
+    SessionProcessMap,
+    SharedMemoryChannel,
+)
+from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
 
@@ -73,7 +82,6 @@ class _Child:
     error_kind: str | None = None
     exited: bool = False
     sandbox: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
     last_report: float = 0.0
 
     @property
@@ -99,8 +107,9 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
-class Session:
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+class Session(SessionIO):
+    """A running pipeline. Made by ``Host.start_session``; owns its node processes (and,
+    through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
                  python: str | None = None, session_id: str | None = None) -> None:
@@ -110,6 +119,16 @@ class Session:
         # a given id: one machine's part of a session spread over machines (nodehost.remote)
         self.id = session_id or new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
+        for launch in self.launches:
+            launch.stats_interval_s = host.stats_interval_s
+        host_ends = plan_host_ends(pipeline, self.launches)
+        # The session's own record of its processes, channels and bindings: what
+        # processes(), channels() and the stats events report.
+        self._map = _allocate_channels(self.id, pipeline.config.max_processes, self.launches,
+                                       host_ends)
+        self._ready = threading.Event()
+        self._ready_or_ended = threading.Event()
+        self._ends = open_ends(self.id, pipeline, host_ends)
         self.python = python or sys.executable
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -128,6 +147,7 @@ class Session:
         self._spawned.wait()
         if self._spawn_error is not None:
             self._thread.join()
+            self._io_ended(SessionResult(False, str(self._spawn_error)), failed=True)
             raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
 
     # -- public API ----------------------------------------------------------------------
@@ -136,8 +156,19 @@ class Session:
             return {node_id: c.process.status for node_id, c in self._children.items()}
 
     def processes(self) -> dict[str, NodeProcess]:
+        """The node processes' records: a consistent snapshot, as the last stats event."""
         with self._lock:
-            return {node_id: c.process for node_id, c in self._children.items()}
+            return copy.deepcopy(self._map.processes)
+
+    def channels(self) -> dict[str, SharedMemoryChannel]:
+        """The channels' records (state, figures) by name: a consistent snapshot."""
+        with self._lock:
+            return copy.deepcopy(self._map.channels)
+
+    def bindings(self) -> list[ProcessChannelBinding]:
+        """Which process publishes or subscribes which channel, since and until when."""
+        with self._lock:
+            return list(self._map.bindings)
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event of the session in order, ending with ``session_end``."""
@@ -195,11 +226,26 @@ class Session:
     def _status_event(self, child: _Child) -> None:
         proc = child.process
         child.last_report = time.monotonic()
+        figures = proc.figures
         self._emit("status", node=proc.node_id, node_type=proc.node_type, pid=proc.pid,
-                   status=proc.status.value, memory_usage=proc.memory_usage, error=proc.error,
-                   sandbox=child.sandbox, stats=child.stats or None)
+                   status=proc.status.value, memory_usage=proc.memory_usage,
+                   memory_limit=None if child.launch.memory_mb is None
+                   else child.launch.memory_mb << 20,
+                   error=proc.error, sandbox=child.sandbox,
+                   stats={"received": figures.received, "sent": figures.sent,
+                          "first_output_ts": figures.first_output_ts}
+                   if figures.reported_at else None)
 
-    def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None) -> None:
+    def _stats_event(self, final: bool = False) -> None:
+        for child in self._children.values():
+            if not child.exited:
+                child.process.memory_usage = self._memory(child)
+        with self._lock:
+            fields = stats.stats_fields(self._map)
+        self._emit("stats", final=final, **fields)
+
+    def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None,
+                    memory: int | None = None) -> None:
         proc = child.process
         if proc.status == status:
             return
@@ -208,12 +254,24 @@ class Session:
                 proc.set_status(status)
                 if error:
                     proc.error = error
+                if status == S.INITIALIZING:  # the runner has opened its channel ends
+                    self._bind(child.launch)
         except IllegalTransition as exc:
             log.debug("%s", exc)  # e.g. an error reported while already stopping
             return
-        if not child.exited:
+        if memory is not None:  # the node's own figure (VmData at a failure): RSS misleads
+            proc.memory_usage = memory
+        elif not child.exited:
             proc.memory_usage = self._memory(child)
         self._status_event(child)
+
+    def _bind(self, launch: NodeLaunch) -> None:
+        for port in launch.outputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.PUBLISHER))
+        for port in launch.inputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.SUBSCRIBER))
 
     # -- supervisor ----------------------------------------------------------------------
     def _interpreter(self, launch: NodeLaunch) -> str:
@@ -244,7 +302,7 @@ class Session:
                 [pythons[launch.node_id], "-m", "nodehost.runner", "--control-fd",
                  str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
-                env=self.host.node_env(tmp_dir),
+                env=self.host.node_env(tmp_dir, launch.env),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -255,9 +313,13 @@ class Session:
             )
             node_end.close()
             control.send(host_end, "launch", spec=launch.to_json())
-            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
+            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
+                                  session_id=self.id,
+                                  input_channels=[p.channel for p in launch.inputs],
+                                  output_channels=[p.channel for p in launch.outputs])
             child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
             with self._lock:
+                self._map.add_process(process)
                 self._children[launch.node_id] = child
 
     def _supervise(self) -> None:
@@ -298,9 +360,10 @@ class Session:
         started = False
         stop_deadline: float | None = None
         killed = False
+        next_stats = time.monotonic() + self.host.stats_interval_s
         while any(not c.exited for c in self._children.values()):
             now = time.monotonic()
-            deadlines = [init_deadline] if not started else []
+            deadlines = [init_deadline, next_stats] if not started else [next_stats]
             if stop_deadline is not None:
                 deadlines.append(stop_deadline)
             initializing = [c for c in self._children.values()
@@ -319,6 +382,9 @@ class Session:
                     sel.unregister(child.pidfd)
                     self._on_exit(sel, child)
             now = time.monotonic()
+            if now >= next_stats:
+                self._stats_event()
+                next_stats = now + self.host.stats_interval_s
             for child in initializing:
                 if not child.exited and now - child.last_report >= HEARTBEAT_S:
                     child.process.memory_usage = self._memory(child)
@@ -328,6 +394,7 @@ class Session:
                     started = True
                     for child in self._children.values():
                         control.send(child.sock, "start")
+                    self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
                                if c.process.status in (S.IDLE, S.INITIALIZING)]
@@ -369,7 +436,8 @@ class Session:
                        fraction=message.get("fraction"), message=message.get("message", ""))
             child.last_report = time.monotonic()
         elif kind == "stats":
-            child.stats = {k: v for k, v in message.items() if k != "t"}
+            with self._lock:
+                stats.apply_report(self._map, child.launch.node_id, message)
         elif kind == "done":
             child.done = True
         elif kind == "error":
@@ -378,15 +446,27 @@ class Session:
             stage = message.get("stage", "")
             where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
                 f" during {stage}" if stage else ""
-            reason = f"failed{where}: {child.error}"
+            memory = None
+            if child.error_kind == "memory":
+                reason = self._memory_reason(child, where, child.error)
+                memory = message.get("memory_used")
+            else:
+                reason = f"failed{where}: {child.error}"
             tb = message.get("traceback")
             if tb:
                 log.info("%s traceback:\n%s", child.label, tb)
-            self._set_status(child, S.ERROR, error=reason)
+            self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == "log":
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
+
+    def _memory_reason(self, child: _Child, where: str, detail: str) -> str:
+        """A failure at the memory limit, worded as that, with what to change in the config."""
+        index = self.pipeline.nodes[child.launch.node_id].index
+        reason = (f"hit its memory limit of {child.launch.memory_mb} MiB{where} "
+                  f"(raise nodes[{index}].resources.memory_mb)")
+        return f"{reason}; the error: {detail}" if detail else reason
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
         assert child.popen.stdout is not None
@@ -428,16 +508,20 @@ class Session:
         if child.done and returncode == 0:
             self._set_status(child, S.STOPPING)
         elif child.error is None and not (stopping and child.process.status == S.STOPPING):
-            from nodehost.sandbox import EXIT_MEMORY_LIMIT
+            from nodehost.sandbox import EXIT_MEMORY_LIMIT, is_allocation_failure
 
-            if returncode == EXIT_MEMORY_LIMIT:
-                cause, kind = "exceeded its memory limit", "memory"
+            tail = self._output_tail(child)
+            if child.launch.memory_mb is not None and (
+                    returncode == EXIT_MEMORY_LIMIT
+                    or (returncode != 0 and is_allocation_failure(tail))):
+                # e.g. an uncaught std::bad_alloc: abort() after printing what it was
+                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
+                cause, kind = self._memory_reason(child, "", detail), "memory"
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
                 cause = describe_exit(returncode)
                 kind = "signal" if returncode < 0 else "exit"
-                tail = self._output_tail(child)
                 if tail:
                     cause += f" (last output: {tail[-200:]})"
             if not stopping or self._failure is None:
@@ -446,6 +530,8 @@ class Session:
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
         self._set_status(child, S.STOPPED)
+        with self._lock:  # its channel ends are gone with it
+            self._map.disconnect(child.launch.node_id)
 
     def _fail(self, child: _Child | None, reason: str, kind: str = "error") -> None:
         if self._failure is not None:
@@ -483,6 +569,8 @@ class Session:
                 child.exited = True
                 with contextlib.suppress(OSError):
                     os.close(child.pidfd)
+        with self._lock:
+            self._map.close_all()  # teardown: whatever is left is force-closed
 
     def _release(self) -> None:
         for child in self._children.values():
@@ -511,6 +599,9 @@ class Session:
         else:
             result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
         self._result = result
+        self._stats_event(final=True)
+        self._io_ended(result, failed=not result.ok and (self._failure is not None or
+                                                         self._stop_requested is None))
         self._emit("session_end", ok=result.ok, reason=result.reason,
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
@@ -522,9 +613,12 @@ class Host:
     """Discovers plugins and runs sessions. Several sessions may run at once."""
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
-                 on_event: Any = None, env_allow: Mapping[str, str] | None = None) -> None:
+                 on_event: Any = None, env_allow: Mapping[str, str] | None = None,
+                 stats_interval_s: float = stats.STATS_INTERVAL_S) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
+        # how often runners report and sessions emit ``stats`` events
+        self.stats_interval_s = stats_interval_s
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
@@ -563,10 +657,11 @@ class Host:
         with self._lock:
             return list(self._sessions)
 
-    def node_env(self, tmp_dir: str) -> dict[str, str]:
+    def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
         from nodehost.sandbox import scrubbed_env
 
-        return scrubbed_env(self._extra_env, tmp_dir=tmp_dir)
+        return scrubbed_env(self._extra_env, tmp_dir=tmp_dir, node_env=node_env)
 
     def _forget(self, session: Session) -> None:
         with self._lock:
@@ -582,3 +677,27 @@ class Host:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _allocate_channels(session_id: str, max_processes: int | None,
+                       launches: list[NodeLaunch], host_ends: HostEnds) -> SessionProcessMap:
+    """The session map with one Created record per planned channel. The application's own
+    ends (session inputs and outputs) appear as ``input:NAME`` / ``output:NAME``; only node
+    processes are bound and counted as publishers and subscribers."""
+    smap = SessionProcessMap(session_id, max_processes)
+    for name, port in host_ends.inputs.items():
+        smap.add_channel(SharedMemoryChannel(port.channel, port.capacity, port.backpressure,
+                                             source=f"input:{name}"))
+    for launch in launches:
+        for port in launch.outputs:
+            smap.add_channel(SharedMemoryChannel(
+                port.channel, port.capacity, port.backpressure,
+                source=f"{launch.node_id}.{port.port}"))
+    for launch in launches:
+        for port in launch.inputs:
+            channel = smap.channels[port.channel]
+            if f"{launch.node_id}.{port.port}" not in channel.targets:
+                channel.targets.append(f"{launch.node_id}.{port.port}")
+    for name, port in host_ends.outputs.items():
+        smap.channels[port.channel].targets.append(f"output:{name}")
+    return smap

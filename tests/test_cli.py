@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -125,11 +126,17 @@ def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
 
 
 def test_validate_valid_config(installed: Installed, tmp_path: Path) -> None:
-    path = write_config(tmp_path, VALID)
+    config = copy.deepcopy(VALID)
+    config["nodes"][1].update(resources={"memory_mb": 300}, env={"OMP_NUM_THREADS": 1})
+    path = write_config(tmp_path, config)
     result = installed.run(["validate", str(path)], "catalog")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (f"{path}: valid pipeline 'catalog-demo': 4 nodes, "
-                             "3 connections\n")
+    assert result.stdout == (
+        f"{path}: valid pipeline 'catalog-demo': 4 nodes, 3 connections\n"
+        "  nodes[0] mic (Mic): no memory limit (manifest)\n"
+        "  nodes[1] gain (Gain): memory limit 300 MiB (config), env OMP_NUM_THREADS=1\n"
+        "  nodes[2] resample (Resample): no memory limit (manifest)\n"
+        "  nodes[3] speaker (Speaker48k): no memory limit (manifest)\n")
 
 
 def test_validate_relative_path_and_json(installed: Installed, tmp_path: Path) -> None:
