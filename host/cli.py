@@ -92,12 +92,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from nodehost import remote
     from nodehost.config import load_config, validate_pipeline
 
     config = load_config(args.config)
     registry = _registry()
     try:
-        pipeline = validate_pipeline(config, registry.node_types)
+        if remote.placed(config):  # nodes on other machines: ask their agents
+            pipeline, notes = remote.validate_placed(config, registry)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        else:
+            pipeline = validate_pipeline(config, registry.node_types)
     except ConfigError as exc:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
@@ -185,6 +191,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     code: int = envs.main(args.env_args)
     return code
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from nodehost import agent
+
+    return agent.main(args.agent_args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -314,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
 
+    p = sub.add_parser("agent", help="run nodes placed on this machine by coordinators "
+                                     "elsewhere (Zenoh; token from NODEHOST_AGENT_TOKEN)",
+                       add_help=False)
+    p.add_argument("agent_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_agent)
+
+
     add_serve_parser(sub)
 
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
@@ -326,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with parsers of their own (and heavy imports): their arguments, --help
 # included, go to them untouched.
-_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args")}
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args"),
+              "agent": (cmd_agent, "agent_args")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

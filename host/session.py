@@ -65,6 +65,7 @@ class SessionResult:
     failed_node: str | None = None
     failed_node_type: str | None = None
     duration_s: float = 0.0
+    failed_machine: str | None = None  # sessions spread over machines (nodehost.remote)
 
 
 @dataclass
@@ -111,11 +112,12 @@ class Session(SessionIO):
     through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
-                 python: str | None = None) -> None:
+                 python: str | None = None, session_id: str | None = None) -> None:
         self.host = host
         self.pipeline = pipeline
         self.name = pipeline.config.name
-        self.id = new_session_id(self.name)
+        # a given id: one machine's part of a session spread over machines (nodehost.remote)
+        self.id = session_id or new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
         for launch in self.launches:
             launch.stats_interval_s = host.stats_interval_s
@@ -638,8 +640,14 @@ class Host:
 
     def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
                       ) -> Session:
-        pipeline = self.validate(config)
-        session = Session(self, pipeline)
+        parsed = load_config(config)
+        session: Session
+        from nodehost import remote
+
+        if remote.placed(parsed):  # nodes on other machines: see nodehost.remote
+            session = remote.DistributedSession(self, parsed)
+        else:
+            session = Session(self, validate_pipeline(parsed, self.registry.node_types))
         with self._lock:
             if not session._finished.is_set():
                 self._sessions.append(session)
