@@ -453,11 +453,13 @@ def _lower_rlimit(which: int, value: int) -> None:
 
 
 # How native libraries word a failed allocation (mkl_malloc, std::bad_alloc, onnxruntime's
-# "Failed to allocate memory", glibc's strerror(ENOMEM), torch's "DefaultCPUAllocator: not
-# enough memory"): under RLIMIT_DATA they are the limit speaking, whatever the wording.
+# "Failed to allocate memory", glibc's strerror(ENOMEM), torch's "not enough memory", Rust's
+# "memory allocation of N bytes failed" before it aborts): under RLIMIT_DATA they are the
+# limit speaking, whatever the wording.
 _ALLOCATION_FAILURE = re.compile(
     r"MemoryError|bad_alloc|mkl_malloc|fail(?:ed)? to allocate|cannot allocate memory|"
-    r"out of memory|not enough memory|ENOMEM|allocation failed", re.IGNORECASE)
+    r"out of memory|not enough memory|ENOMEM|allocation failed|"
+    r"memory allocation of \d+ bytes failed", re.IGNORECASE)
 NEAR_LIMIT = 0.95  # any failure with private memory this close to the limit counts as hitting it
 
 

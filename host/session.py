@@ -419,9 +419,9 @@ class Session:
         for line in chunk.decode(errors="replace").splitlines():
             log.debug("[%s] %s", child.launch.node_id, line)
 
-    def _output_tail(self, child: _Child) -> str:
+    def _output_tail(self, child: _Child, lines: int = 1) -> str:
         text = b"".join(child.stderr_tail)[-STDERR_TAIL:].decode(errors="replace").strip()
-        return text.splitlines()[-1] if text else ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
@@ -447,12 +447,21 @@ class Session:
             from nodehost.sandbox import EXIT_MEMORY_LIMIT, is_allocation_failure
 
             tail = self._output_tail(child)
+            memory = None
+            allocation = next((line for line in self._output_tail(child, lines=8).splitlines()
+                               if is_allocation_failure(line)), None)
             if child.launch.memory_mb is not None and (
-                    returncode == EXIT_MEMORY_LIMIT
-                    or (returncode != 0 and is_allocation_failure(tail))):
-                # e.g. an uncaught std::bad_alloc: abort() after printing what it was
-                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
-                cause, kind = self._memory_reason(child, "", detail), "memory"
+                    returncode == EXIT_MEMORY_LIMIT or (returncode != 0 and allocation)):
+                # e.g. a native library aborting on a failed allocation (Rust's "memory
+                # allocation of N bytes failed", an uncaught std::bad_alloc): the kernel
+                # refused to go past the limit, so that is where the node was.
+                where = {S.INITIALIZING: " in initialize()",
+                         S.PROCESSING: " in process()" if child.launch.inputs
+                         else " in generate()"}.get(child.process.status, "")
+                detail = f"it {describe_exit(returncode)}" + \
+                    (f": {(allocation or tail)[-200:]}" if allocation or tail else "")
+                cause, kind = self._memory_reason(child, where, detail), "memory"
+                memory = child.launch.memory_mb << 20
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
@@ -461,7 +470,7 @@ class Session:
                 if tail:
                     cause += f" (last output: {tail[-200:]})"
             if not stopping or self._failure is None:
-                self._set_status(child, S.ERROR, error=cause)
+                self._set_status(child, S.ERROR, error=cause, memory=memory)
                 self._fail(child, cause, kind)
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
