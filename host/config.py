@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,9 @@ DEFAULT_CAPACITY = 16 * 1024 * 1024
 YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
+# Placeholder for the node's private temp dir, made only when a session starts: no config can
+# name a path inside it.
+_NO_TMP_DIR = "/nonexistent/nodehost-node-tmp"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 
@@ -242,6 +246,41 @@ def _resolve_path_params(params: Mapping[str, Any], manifest: NodeManifest,
 
 # --------------------------------------------------------------------------- validation
 
+def _path_param_issues(node: ResolvedNode) -> list[Issue]:
+    """Files a node is given in its params exist and lie inside its grants: a config that
+    points a node at a missing file, or at one its sandbox will deny, fails here instead of
+    deep inside a library at run time ("System error.")."""
+    from nodehost.plan import package_paths
+    from nodehost.sandbox import SandboxPlan, may_access
+
+    plan = SandboxPlan(tmp_dir=_NO_TMP_DIR, network=node.sandbox.network,
+                       fs_read=tuple(node.sandbox.fs_read), fs_write=tuple(node.sandbox.fs_write),
+                       plugin_paths=tuple(package_paths(node.manifest.entrypoint)))
+    loc = f"nodes[{node.index}]"
+    issues = []
+    for name, spec in node.manifest.params.items():
+        value = getattr(node.params, name, None)
+        access = spec.path_access
+        if access is None or name not in node.config.params or not isinstance(value, str):
+            continue
+        where = f"{loc}.params.{name}"
+        if access == "write":
+            folder = os.path.dirname(value) or "."
+            if not os.path.isdir(folder):
+                issues.append(Issue(where, f"{value}: folder {folder} does not exist"))
+            elif not may_access(value, plan, write=True):
+                issues.append(Issue(where, f"{value} is outside what the node may write; add "
+                                           f"it (or its folder) to {loc}.sandbox.fs_write"))
+            continue
+        if not os.path.exists(value):
+            if access == "read":
+                issues.append(Issue(where, f"{value} does not exist"))
+        elif not may_access(value, plan):
+            issues.append(Issue(where, f"{value} is outside what the node may read; add its "
+                                       f"folder to {loc}.sandbox.fs_read"))
+    return issues
+
+
 @dataclass(frozen=True)
 class Endpoint:
     node: str
@@ -339,6 +378,32 @@ def _resolve_port(
     return Endpoint(node_id, port)
 
 
+def _fan_out_problem(conn: ResolvedConnection,
+                     siblings: list[ResolvedConnection]) -> Issue | None:
+    """Every connection from one output shares its channel: one set of settings, and at most
+    MAX_FAN_OUT readers."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    loc = f"connections[{conn.index}]"
+    if len(siblings) >= MAX_FAN_OUT:
+        return Issue(f"{loc}.from", f"output {conn.source} already feeds {MAX_FAN_OUT} inputs "
+                                    f"(connections[{siblings[0].index}] and on), the most one "
+                                    "channel has; fan out in two stages (e.g. through a "
+                                    "pass-through node)")
+    if not siblings:
+        return None
+    first = siblings[0]
+    for what, mine, theirs in (("backpressure", conn.backpressure, first.backpressure),
+                               ("capacity", conn.capacity, first.capacity)):
+        if mine != theirs:
+            return Issue(f"{loc}.{what}",
+                         f"{what} {json.dumps(mine)} differs from connections[{first.index}] "
+                         f"({json.dumps(theirs)}), which reads the same output {conn.source}: "
+                         f"the connections of one output share one channel, so they need the "
+                         f"same {what}")
+    return None
+
+
 def output_rates(node: ResolvedNode, port: PortSpec) -> list[int] | None:
     if port.sample_rate_from_param is not None:
         value = getattr(node.params, port.sample_rate_from_param, None)
@@ -407,9 +472,10 @@ def validate_pipeline(
         except ValidationError as exc:
             issues.extend(pydantic_issues(exc, f"{loc}.params"))
             continue
-        nodes[node_cfg.id] = ResolvedNode(
+        node = nodes[node_cfg.id] = ResolvedNode(
             index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
         )
+        issues.extend(_path_param_issues(node))
 
     if config.max_processes is not None and len(config.nodes) > config.max_processes:
         issues.append(Issue("max_processes", f"the pipeline has {len(config.nodes)} nodes, each "
@@ -417,6 +483,7 @@ def validate_pipeline(
                                              f"{config.max_processes}"))
 
     connections: list[ResolvedConnection] = []
+    branches: dict[Endpoint, list[ResolvedConnection]] = {}  # fan-out: connections per output
     seen_inputs: dict[Endpoint, int] = {}
     for index, conn in enumerate(config.connections):
         loc = f"connections[{index}]"
@@ -442,9 +509,13 @@ def validate_pipeline(
         if problem:
             issues.append(Issue(loc, problem))
             continue
-        connections.append(
-            ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
-        )
+        resolved = ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
+        fan_out_issue = _fan_out_problem(resolved, branches.setdefault(src, []))
+        if fan_out_issue:
+            issues.append(fan_out_issue)
+            continue
+        branches[src].append(resolved)
+        connections.append(resolved)
 
     if len(nodes) == len(config.nodes) and not issues:
         for node in nodes.values():

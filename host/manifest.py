@@ -127,11 +127,20 @@ class ParamSpec(_Strict):
     format: Literal["path"] | None = Field(
         default=None, description='"path": a relative value in a config file is resolved '
                                   "against the config file's folder")
+    access: Literal["read", "write", "lookup"] | None = Field(
+        default=None, description='for format "path": what the node does with it, checked '
+                                  "before anything starts. read (the default): it must exist "
+                                  "and be readable under the node's sandbox; write: its folder "
+                                  "must exist and the path be writable; lookup: a path when it "
+                                  "exists (then readable), else a name the node looks up (a "
+                                  "model id)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
         if self.format == "path" and self.type != "string":
             raise PydanticCustomError("format", 'format "path" applies to string params')
+        if self.access is not None and self.format != "path":
+            raise PydanticCustomError("access", 'access applies to params of format "path"')
         bounded = self.minimum is not None or self.maximum is not None
         if bounded and self.type not in ("number", "integer"):
             raise PydanticCustomError(
@@ -185,6 +194,13 @@ class ParamSpec(_Strict):
         if self.enum is not None and value not in self.enum:
             return f"is not one of {self.enum!r}"
         return None
+
+    @property
+    def path_access(self) -> str | None:
+        """How a ``format: path`` param's file is used (None for other params)."""
+        if self.format != "path":
+            return None
+        return self.access or "read"
 
     @property
     def has_default(self) -> bool:

@@ -386,6 +386,11 @@ class Session:
             if child.error_kind == "memory":
                 reason = self._memory_reason(child, where, child.error)
                 memory = message.get("memory_used")
+            elif child.error_kind == "sandbox":
+                index = self.pipeline.nodes[child.launch.node_id].index
+                reason = (f"was denied {message.get('path')} by its sandbox{where}; add its "
+                          f"folder to nodes[{index}].sandbox.{message.get('grant')}; the "
+                          f"error: {child.error}")
             else:
                 reason = f"failed{where}: {child.error}"
             tb = message.get("traceback")
