@@ -405,10 +405,21 @@ def _fan_out_problem(conn: ResolvedConnection,
 
 
 def output_rates(node: ResolvedNode, port: PortSpec) -> list[int] | None:
-    if port.sample_rate_from_param is not None:
-        value = getattr(node.params, port.sample_rate_from_param, None)
+    return _derived(node, port.sample_rate_from_param, port.sample_rate)
+
+
+def output_channels(node: ResolvedNode, port: PortSpec) -> list[int] | None:
+    return _derived(node, port.channels_from_param, port.channels)
+
+
+def _derived(node: ResolvedNode, param: str | None, declared: list[int] | None
+             ) -> list[int] | None:
+    """What an output produces when a param decides it (unset: anything), else what its
+    manifest declares."""
+    if param is not None:
+        value = getattr(node.params, param, None)
         return [int(value)] if value is not None else None
-    return port.sample_rate
+    return declared
 
 
 def _compatibility(
@@ -422,7 +433,8 @@ def _compatibility(
     checks: list[tuple[str, list[Any] | None, list[Any] | None, str]] = [
         ("sample rate", output_rates(src, src_port), dst_port.sample_rate,
          "insert a Resample node between them"),
-        ("channel count", src_port.channels, dst_port.channels, "insert a channel mixer"),
+        ("channel count", output_channels(src, src_port), dst_port.channels,
+         "insert a Resample node with channels set between them"),
         ("sample format", src_port.sample_format, dst_port.sample_format,
          "convert the samples between them"),
         ("pixel format", src_port.format, dst_port.format, "insert a pixel-format converter"),

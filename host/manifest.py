@@ -76,6 +76,10 @@ class PortSpec(_Strict):
     sample_rate_from_param: str | None = Field(
         default=None, description="output ports: the rate is the value of this param"
     )
+    channels_from_param: str | None = Field(
+        default=None, description="output ports: the channel count is the value of this param "
+                                  "(when it is set; unset: any)"
+    )
 
     _normalize = field_validator(
         "sample_rate", "channels", "sample_format", "format", "dtype", "language", mode="before"
@@ -314,21 +318,20 @@ class NodeManifest(_Strict):
 
     @model_validator(mode="after")
     def _derived_rates(self) -> NodeManifest:
-        for port_name, port in self.outputs.items():
-            ref = port.sample_rate_from_param
-            if ref is not None and ref not in self.params:
-                raise PydanticCustomError(
-                    "unknown_param",
-                    "outputs.{port}.sample_rate_from_param names unknown param {ref}",
-                    {"port": port_name, "ref": repr(ref)},
-                )
-        for port_name, port in self.inputs.items():
-            if port.sample_rate_from_param is not None:
-                raise PydanticCustomError(
-                    "input_derived",
-                    "inputs.{port}: sample_rate_from_param is only meaningful on outputs",
-                    {"port": port_name},
-                )
+        for field in ("sample_rate_from_param", "channels_from_param"):
+            for port_name, port in self.outputs.items():
+                ref = getattr(port, field)
+                if ref is not None and ref not in self.params:
+                    raise PydanticCustomError(
+                        "unknown_param", "outputs.{port}.{field} names unknown param {ref}",
+                        {"port": port_name, "field": field, "ref": repr(ref)},
+                    )
+            for port_name, port in self.inputs.items():
+                if getattr(port, field) is not None:
+                    raise PydanticCustomError(
+                        "input_derived", "inputs.{port}: {field} is only meaningful on outputs",
+                        {"port": port_name, "field": field},
+                    )
         return self
 
     @property

@@ -182,3 +182,46 @@ def test_a_finished_session_replaces_the_output(host: Any, tmp_out: Path, grant:
     written, rate = sf.read(wav_out, dtype="float32")
     assert rate == 16000 and len(written) == int(0.3 * 16000)
     assert sorted(p.name for p in wav_out.parent.iterdir()) == ["reply.wav"]
+
+
+@pytest.mark.parametrize(("channels_in", "channels_out"), [(2, 1), (1, 2)])
+def test_resample_converts_the_channel_count(host: Any, tmp_out: Path, channels_in: int,
+                                             channels_out: int) -> None:
+    wav_in, wav_out = tmp_out / "in.wav", tmp_out / "out.wav"
+    left, right = sine(440, 0.5, 48000, amp=0.4), sine(660, 0.5, 48000, amp=0.2)
+    signal = np.stack([left, right], axis=1) if channels_in == 2 else left
+    sf.write(wav_in, signal, 48000, subtype="FLOAT")
+    resample = {"id": "rs", "type": "Resample",
+                "params": {"sample_rate": 16000, "channels": channels_out}}
+    run(host, chain("remix", source(wav_in), resample, sink(wav_out, subtype="FLOAT"))
+        ).assert_ok()
+    written, rate = sf.read(wav_out, dtype="float32", always_2d=True)
+    assert (rate, written.shape[1]) == (16000, channels_out)
+    assert abs(len(written) - 8000) <= 2
+    if channels_out == 1:  # the average of both sides: both tones are there
+        spectrum = np.abs(np.fft.rfft(written[:, 0]))
+        freqs = np.fft.rfftfreq(len(written), 1 / 16000)
+        assert {round(float(freqs[i])) for i in np.argsort(spectrum)[-2:]} == {440, 660}
+    else:  # mono copied to each side
+        np.testing.assert_array_equal(written[:, 0], written[:, 1])
+        assert abs(dominant_hz(written[:, 0], rate) - 440) <= 2
+
+
+def test_resample_channels_are_known_to_validation(host: Any, tmp_out: Path) -> None:
+    wav_in = tmp_out / "in.wav"
+    sf.write(wav_in, sine(440, 0.1, 16000), 16000)
+    config = chain("remix", source(wav_in),
+                   {"id": "rs", "type": "Resample", "params": {"sample_rate": 16000,
+                                                               "channels": 2}},
+                   {"id": "vad", "type": "SileroVAD"})
+    types = host.registry.node_types
+    if "SileroVAD" not in types:
+        pytest.skip("nodehost-speech is not installed")
+    with pytest.raises(ConfigError) as info:
+        host.validate(config)
+    assert [str(i) for i in info.value.issues] == [
+        "connections[1]: rs.out (Resample) → vad.in (SileroVAD): channel count 2 is not "
+        "accepted by the input, which takes 1; insert a Resample node with channels set "
+        "between them"]
+    config["nodes"][1]["params"]["channels"] = 1
+    host.validate(config)
