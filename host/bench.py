@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="payload sizes in bytes, comma-separated")
     parser.add_argument("--placement", choices=[*PLACEMENTS, "both"], default="both",
                         help="pin writer and reader to one core, to two, or measure both")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the node workloads on dora-rs and multiprocessing "
+                             "queues (pip install 'nodehost[peers]') and print the ratios")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="runs per peer workload (median taken; default 3, 1 with --quick)")
     args = parser.parse_args(argv)
     if any(s < 8 for s in args.sizes):
         parser.error("--sizes: every payload needs at least 8 bytes (the send stamp)")
@@ -504,14 +509,21 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime = bench_runtime.run_all(None if args.json else
                                         (lambda s: say(f"scenario {s} ...")))
+    peers: dict[str, Any] | None = None
+    if args.peers:
+        from nodehost import bench_peers
+
+        peers = bench_peers.run_all(args.rounds or (1 if args.quick else 3), quick=args.quick,
+                                    progress=say)
     latency_rows = [r for r in results if "p50_us" in r]
     checks = targets(latency_rows, soak_result, len(leftovers))
     if args.json:
-        print(json.dumps({"results": results, "memory": soak_result,
-                          "leftover_files": leftovers,
-                          "targets": [{"target": t, "measured": m, "met": ok}
-                                      for t, m, ok in checks],
-                          "runtime": runtime, "machine": machine()}, indent=2))
+        report = {"results": results, "memory": soak_result, "leftover_files": leftovers,
+                  "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in checks],
+                  "runtime": runtime, "machine": machine()}
+        if peers is not None:
+            report["peers"] = peers
+        print(json.dumps(report, indent=2))
         return 0
     print(_table(latency_rows))
     print(f"\nmessages/s of {THROUGHPUT_BYTES} B: "
@@ -525,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'met' if ok else 'MISSED'}] {target}: {measured}")
     for scenario in runtime:
         print("  ".join(f"{k}={v}" for k, v in scenario.items()))
+    if peers is not None:
+        from nodehost import bench_peers
+
+        print("\n" + bench_peers.table(peers))
     return 0
 
 

@@ -102,6 +102,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
+    for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
+        print(f"  session {port.direction} {port.describe()}")
     for node in pipeline.nodes.values():
         print(f"  nodes[{node.index}] {node.id} ({node.manifest.node_type}): "
               f"{_resources_summary(node)}")
@@ -162,12 +164,87 @@ def cmd_env(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "websockets")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: nodehost serve needs {', '.join(missing)}: pip install "
+              "'nodehost[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    from nodehost.serve import main_serve
+
+    return main_serve(args)
+
+
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a pipeline to WebSocket clients and a browser page, "
+                                     "one session per client")
+    p.add_argument("config", help="pipeline config file with session inputs/outputs")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
+    p.add_argument("--warm", type=int, default=0, metavar="N",
+                   help="keep N sessions started and Ready for the next clients")
+    p.add_argument("--max-sessions", type=int, default=None, metavar="M",
+                   help="at most M sessions (idle warm ones included); clients past it are "
+                        "refused at once")
+    p.add_argument("--token", default=None, metavar="T",
+                   help="secret a client must give (?token=T or 'Authorization: Bearer T'); "
+                        "default: $NODEHOST_SERVE_TOKEN")
+    p.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024, metavar="B",
+                   help="largest binary frame a client may send (default 4 MiB)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from nodehost.scaffold import create, names
+
+    target = Path(args.dir) if args.dir else Path(names(args.name, args.node).dist)
+    written = create(target, args.name, args.node)
+    n = names(args.name, args.node)
+    where = target.as_posix() if target.is_absolute() else f"./{target.as_posix()}"
+    print(f"created {where}/ ({len(written)} files): plugin {n.dist}, node type {n.node_type}")
+    print(f"""
+next:
+  pip install -e '{where}[test]'   # nodehost finds {n.node_type} through its entry point
+  nodehost nodes                   # lists it
+  nodehost run {where}/pipelines/sample.yaml   # TextSource → {n.node_type} → TextSink
+  pytest {where}/tests             # in-process and real-session tests""")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nodehost import doctor
+
+    return doctor.main(as_json=args.json)
+
+
+def _add_author_commands(sub: Any) -> None:
+    """``new`` (plugin scaffold) and ``doctor`` (what this machine offers)."""
+    p = sub.add_parser("doctor", help="check kernel, sandbox layers, /dev/shm and plugins "
+                                      "(exit 1 when something required is missing)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("new", help="create a plugin package: node, manifest, tests, pipeline")
+    p.add_argument("name", help="distribution name, e.g. textstats (the package: textstats)")
+    p.add_argument("--node", default="WordCount", metavar="TYPE",
+                   help="the node type to create (CamelCase; default WordCount)")
+    p.add_argument("--dir", metavar="DIR", help="where to create it (default ./NAME)")
+    p.set_defaults(func=cmd_new)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodehost",
         description="Run pipelines of Python nodes, each in its own sandboxed process, linked "
                     "by zero-copy shared memory.",
     )
+    from nodehost import __version__
+
+    parser.add_argument("--version", action="version", version=f"nodehost {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -186,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one session of a pipeline config")
     p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
-    p.add_argument("--events", choices=["json", "log", "live"], default=None,
-                   help="json: one JSON event per line on stdout; log: plain lines; live: "
-                        "terminal view (default when stdout is a terminal)")
+    p.add_argument("--events", choices=["json", "log", "live", "quiet"], default=None,
+                   help="json: one JSON event per line on stdout; log: every state change; "
+                        "live: terminal view (default when stdout is a terminal); quiet: "
+                        "node logs, errors and the summary (default otherwise)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
@@ -201,10 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
 
+    add_serve_parser(sub)
+
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")
     p.add_argument("--write", metavar="DIR", help="write one file per schema into DIR")
     p.set_defaults(func=cmd_schema)
+    _add_author_commands(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,6 +45,7 @@ PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
 _NO_TMP_DIR = "/nonexistent/nodehost-node-tmp"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
+SESSION_PORT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Strict(BaseModel):
@@ -101,6 +102,37 @@ class NodeConfig(_Strict):
                                                "starting with a digit or -)")
 
 
+def _check_endpoint(value: str) -> str:
+    if not ENDPOINT.match(value):
+        raise PydanticCustomError(
+            "endpoint", '{value} is not "node" or "node.port"', {"value": repr(value)}
+        )
+    return value
+
+
+def _check_session_port_name(name: str) -> str:
+    return check_pattern(name, SESSION_PORT_NAME, "a valid session input/output name (letters, "
+                                                   "digits and _, not starting with a digit)")
+
+
+def _as_endpoint_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("session_input", 'expected "node.port" or a list of them, '
+                                                   "got {kind}", {"kind": type(value).__name__})
+    return value
+
+
+EndpointRef = Annotated[str, AfterValidator(_check_endpoint)]
+SessionPortName = Annotated[str, AfterValidator(_check_session_port_name)]
+# "node.port" or a list of them; held as a list
+SessionInputTargets = Annotated[
+    list[EndpointRef], Field(min_length=1),
+    BeforeValidator(_as_endpoint_list, json_schema_input_type=str | list[str]),
+]
+
+
 class Connection(_Strict):
     from_: str = Field(alias="from", description='"node.port", or "node" for its only port')
     to: str
@@ -110,11 +142,7 @@ class Connection(_Strict):
     @field_validator("from_", "to")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if not ENDPOINT.match(value):
-            raise PydanticCustomError(
-                "endpoint", '{value} is not "node" or "node.port"', {"value": repr(value)}
-            )
-        return value
+        return _check_endpoint(value)
 
     @field_validator("capacity")
     @classmethod
@@ -139,6 +167,18 @@ class PipelineConfig(_Strict):
     init_timeout_s: float = Field(default=300.0, gt=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
+    inputs: dict[SessionPortName, SessionInputTargets] = Field(
+        default_factory=dict,
+        description='session inputs, fed by the application: name -> "node.port", or a list '
+                    "of them (one input fanned out to several ports)",
+        json_schema_extra={"propertyNames": {"pattern": SESSION_PORT_NAME}},
+    )
+    outputs: dict[SessionPortName, EndpointRef] = Field(
+        default_factory=dict,
+        description='session outputs, read by the application: name -> "node.port" (an '
+                    "output port)",
+        json_schema_extra={"propertyNames": {"pattern": SESSION_PORT_NAME}},
+    )
 
     @field_validator("name")
     @classmethod
@@ -334,6 +374,26 @@ class ResolvedNode:
 
 
 @dataclass(frozen=True)
+class SessionPort:
+    """A session input (the application writes, ``ports`` read) or output (``ports[0]``
+    writes, the application reads). ``spec`` is what flows through it, derived from the
+    ports: their data type and the constraints every one of them accepts."""
+
+    name: str
+    direction: str  # "input" or "output"
+    ports: tuple[Endpoint, ...]
+    spec: PortSpec
+
+    def describe(self) -> str:
+        spec = self.spec.model_dump(exclude_defaults=True,
+                                    exclude={"description", "sample_rate_from_param"})
+        kind = spec.pop("data_type").value
+        extra = "".join(f", {key} {_fmt(values)}" for key, values in spec.items())
+        arrow = "→" if self.direction == "input" else "←"
+        return f"{self.name} {arrow} {', '.join(map(str, self.ports))} ({kind}{extra})"
+
+
+@dataclass(frozen=True)
 class ValidatedPipeline:
     """A config checked against the installed node types: ready to plan a session from."""
 
@@ -341,6 +401,8 @@ class ValidatedPipeline:
     nodes: dict[str, ResolvedNode]
     connections: list[ResolvedConnection]
     order: list[str]  # topological: sources first
+    inputs: dict[str, SessionPort] = field(default_factory=dict)
+    outputs: dict[str, SessionPort] = field(default_factory=dict)
 
 
 def _closest(name: str, known: Iterable[str]) -> str:
@@ -372,8 +434,11 @@ def _resolve_port(
         port = next(iter(ports))
     elif port not in ports:
         names = ", ".join(sorted(ports)) or "none"
+        other = node.manifest.inputs if direction == "from" else node.manifest.outputs
+        hint = f"; {node_id}.{port} is an {'input' if kind == 'output' else 'output'} port" \
+            if port in other else ""
         issues.append(Issue(loc, f"node {node_id!r} ({node.manifest.node_type}) has no {kind} "
-                                 f"port {port!r} (its {kind} ports: {names})"))
+                                 f"port {port!r} (its {kind} ports: {names}){hint}"))
         return None
     return Endpoint(node_id, port)
 
@@ -529,16 +594,137 @@ def validate_pipeline(
         branches[src].append(resolved)
         connections.append(resolved)
 
+    inputs, outputs = _resolve_session_ports(config, nodes, declared, seen_inputs, issues)
+    issues.extend(_session_fan_out_issues(inputs, outputs, branches))
     if len(nodes) == len(config.nodes) and not issues:
+        fed_by_session = {ep for session_input in inputs.values() for ep in session_input.ports}
         for node in nodes.values():
             for port in node.manifest.inputs:
-                if Endpoint(node.id, port) not in seen_inputs:
+                if Endpoint(node.id, port) not in seen_inputs and \
+                        Endpoint(node.id, port) not in fed_by_session:
                     issues.append(Issue(f"nodes[{node.index}]", f"input port {node.id}.{port} "
-                                                                "is not connected"))
+                                                                "is not connected (wire "
+                                                                "it, or feed it from a "
+                                                                "session input)"))
     order = _topological_order(nodes, connections, issues)
     if issues:
         raise ConfigError(issues)
-    return ValidatedPipeline(config, nodes, connections, order)
+    return ValidatedPipeline(config, nodes, connections, order, inputs, outputs)
+
+
+# --------------------------------------------------------------- session inputs and outputs
+
+_CONSTRAINTS = ("sample_rate", "channels", "sample_format", "format", "dtype", "language")
+
+
+def _resolve_session_ports(
+    config: PipelineConfig, nodes: Mapping[str, ResolvedNode], declared: Mapping[str, int],
+    connected: Mapping[Endpoint, int], issues: list[Issue],
+) -> tuple[dict[str, SessionPort], dict[str, SessionPort]]:
+    """Check ``inputs`` and ``outputs`` like connections: every port exists and points the
+    right way, an input port is fed once (by a connection or a session input), one output
+    port is read by one session output, and a fanned-out input's ports agree on what they
+    accept."""
+    inputs: dict[str, SessionPort] = {}
+    fed: dict[Endpoint, str] = {}
+    for name, targets in config.inputs.items():
+        loc = f"inputs.{name}"
+        if name in config.outputs:
+            issues.append(Issue(loc, f"{name!r} names both a session input and a session "
+                                     "output; give them different names"))
+            continue
+        refs = targets
+        ports: list[Endpoint] = []
+        for i, ref in enumerate(refs):
+            where = loc if len(refs) == 1 else f"{loc}[{i}]"
+            port = _resolve_port(ref, where, nodes, declared, "to", issues)
+            if port is None:
+                continue
+            if port in connected:
+                issues.append(Issue(where, f"input {port} is already fed by "
+                                           f"connections[{connected[port]}]; an input port "
+                                           "takes one feed (merge upstream)"))
+            elif port in fed:
+                issues.append(Issue(where, f"input {port} is already fed by {fed[port]}; an "
+                                           "input port takes one feed"))
+            else:
+                fed[port] = where
+                ports.append(port)
+        if ports and len(ports) == len(refs):
+            spec = _common_spec([(p, nodes[p.node].manifest.inputs[p.port]) for p in ports],
+                                loc, issues)
+            if spec is not None:
+                inputs[name] = SessionPort(name, "input", tuple(ports), spec)
+    outputs: dict[str, SessionPort] = {}
+    read: dict[Endpoint, str] = {}
+    for name, ref in config.outputs.items():
+        loc = f"outputs.{name}"
+        port = _resolve_port(ref, loc, nodes, declared, "from", issues)
+        if port is None:
+            continue
+        if port in read:
+            issues.append(Issue(loc, f"output port {port} is already read as session output "
+                                     f"{read[port]!r}; read it once"))
+            continue
+        read[port] = name
+        node = nodes[port.node]
+        spec = node.manifest.outputs[port.port]
+        spec = spec.model_copy(update={
+            "sample_rate": output_rates(node, spec), "sample_rate_from_param": None,
+            "channels": output_channels(node, spec), "channels_from_param": None})
+        outputs[name] = SessionPort(name, "output", (port,), spec)
+    return inputs, outputs
+
+
+def _session_fan_out_issues(inputs: Mapping[str, SessionPort], outputs: Mapping[str, SessionPort],
+                            branches: Mapping[Endpoint, list[ResolvedConnection]]) -> list[Issue]:
+    """A session input's channel and a read output's channel hold MAX_FAN_OUT readers too
+    (the application's reader of an output is one of them)."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    issues = []
+    for name, session_input in inputs.items():
+        if len(session_input.ports) > MAX_FAN_OUT:
+            issues.append(Issue(f"inputs.{name}", f"feeds {len(session_input.ports)} ports, "
+                                                  f"more than the {MAX_FAN_OUT} one channel "
+                                                  "has; use several session inputs"))
+    for name, session_output in outputs.items():
+        port = session_output.ports[0]
+        if len(branches.get(port, [])) >= MAX_FAN_OUT:
+            issues.append(Issue(f"outputs.{name}", f"output {port} already feeds "
+                                                   f"{MAX_FAN_OUT} inputs, the most one channel "
+                                                   "has with the session's own reader; fan "
+                                                   "out in two stages"))
+    return issues
+
+
+def _common_spec(ports: list[tuple[Endpoint, PortSpec]], loc: str,
+                 issues: list[Issue]) -> PortSpec | None:
+    """What one session input may carry so that every port it feeds accepts it."""
+    first, spec = ports[0]
+    update: dict[str, Any] = {}
+    for port, other in ports[1:]:
+        if other.data_type != spec.data_type:
+            issues.append(Issue(loc, f"fans out to {first} ({spec.data_type.value}) and {port} "
+                                     f"({other.data_type.value}): one input carries one data "
+                                     "type; use two session inputs"))
+            return None
+        for what in _CONSTRAINTS:
+            mine = update.get(what, getattr(spec, what))
+            theirs = getattr(other, what)
+            if mine is None or theirs is None:
+                update[what] = theirs if mine is None else mine
+                continue
+            common = [value for value in mine if value in theirs]
+            if not common:
+                label = what.replace("_", " ")
+                issues.append(Issue(loc, f"fans out to {first} and {port}, which accept no "
+                                         f"{label} in common ({first} takes {_fmt(mine)}, "
+                                         f"{port} takes {_fmt(theirs)}); use two session "
+                                         "inputs or insert a converter before one of them"))
+                return None
+            update[what] = common
+    return spec.model_copy(update={**update, "description": ""})
 
 
 def _topological_order(

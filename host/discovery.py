@@ -117,6 +117,33 @@ def hook_timeout() -> float:
     return value if value > 0 else HOOK_TIMEOUT_S
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifests_in(package: str | None, folder: str = "manifests") -> list[Traversable]:
+    """The manifest files (``*.yaml``, ``*.yml``, ``*.json``) in ``package``'s ``folder``,
+    sorted by name: all a plugin module's hook has to return::
+
+        @nodehost.hookimpl
+        def nodehost_node_manifests():
+            return nodehost.manifests_in(__package__)
+
+    Works from a wheel, an editable install or a zip (``importlib.resources``), and imports
+    only the package itself (keep its ``__init__.py`` free of node code)."""
+    from importlib.resources import files
+
+    if not package:
+        raise ValueError("manifests_in() needs the plugin's package name: pass __package__ "
+                         "from a module inside the package")
+    base = files(package) / folder
+    if not base.is_dir():
+        raise FileNotFoundError(f"{package} has no {folder}/ folder (is it package data? "
+                                f"[tool.setuptools.package-data] {package} = "
+                                f"[\"{folder}/*.yaml\"])")
+    return sorted((p for p in base.iterdir() if p.name.endswith(MANIFEST_SUFFIXES)),
+                  key=lambda p: p.name)
+
+
 def _read_manifest_file(item: str | Path | Traversable) -> Any:
     if isinstance(item, str):
         item = Path(item)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session, SessionResult
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -39,6 +42,31 @@ def format_event(event: dict[str, Any]) -> str | None:
     return None
 
 
+def sandbox_warning(event: dict[str, Any]) -> str | None:
+    """For a node's first sandboxed status: which layers it did not get, and why."""
+    if event["event"] != "status" or event.get("status") != "Initializing" or \
+            not event.get("sandbox"):
+        return None
+    from nodehost.doctor import missing_layers
+
+    missing = missing_layers(event["sandbox"])
+    if not missing:
+        return None
+    needs = "; ".join(f"{layer}: {need}" for layer, need in missing.items())
+    return f"{event['node']:<14} sandbox without {', '.join(missing)} ({needs}; " \
+           "`nodehost doctor` says more)"
+
+
+def quiet_line(event: dict[str, Any]) -> str | None:
+    """What a non-terminal ``nodehost run`` prints: the nodes' logs, errors and missing
+    sandbox layers, not every state change (``--events log`` prints those)."""
+    if event["event"] == "log":
+        return format_event(event)
+    if event["event"] == "status" and event.get("error"):
+        return f"{event['node']:<14} {event['status']:<12} error: {event['error']}"
+    return sandbox_warning(event)
+
+
 class Timeline:
     """Per-node timing gathered from events: spawn → Ready, first output, messages."""
 
@@ -48,6 +76,11 @@ class Timeline:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def add(self, event: dict[str, Any]) -> None:
+        if event["event"] == "stats":
+            for node, figures in event["nodes"].items():
+                if node in self.rows:
+                    self.rows[node]["stats"] = figures
+            return
         if event["event"] != "status":
             return
         node = event["node"]
@@ -55,8 +88,6 @@ class Timeline:
         row.update(status=event["status"], pid=event["pid"])
         if event.get("memory_usage"):
             row["memory"] = max(row.get("memory", 0), event["memory_usage"])
-        if event.get("stats"):
-            row["stats"] = event["stats"]
         self.spawned.setdefault(node, event["ts"])
         if event["status"] == "Ready" and node not in self.ready:
             self.ready[node] = event["ts"]
@@ -85,30 +116,45 @@ def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
 
     def table() -> Table:
         t = Table(title=f"nodehost session {session.id}", expand=False)
-        for col in ("node", "type", "pid", "status", "memory", "in", "out", "latency p50"):
+        for col in ("node", "type", "pid", "status", "memory", "in", "out", "input age p50"):
             t.add_column(col)
         for node, row in timeline.rows.items():
             stats = row.get("stats") or {}
-            lat = stats.get("latency_p50_us")
+            lat = (stats.get("input_age_s") or {}).get("p50")
             t.add_row(node, row["type"], str(row.get("pid", "")), row.get("status", ""),
                       _mib(row.get("memory")), str(stats.get("received", 0)),
-                      str(stats.get("sent", 0)), f"{lat:.0f} µs" if lat else "-")
+                      str(stats.get("sent", 0)), f"{lat * 1e3:.1f} ms" if lat else "-")
         return t
 
     console = Console(stderr=False)
     with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
         for event in session.events():
             timeline.add(event)
-            if event["event"] == "log":
-                live.console.print(format_event(event))
+            line = format_event(event) if event["event"] == "log" else sandbox_warning(event)
+            if line:
+                live.console.print(line)
             live.update(table())
             yield event
 
 
+def _drop_outputs(session: Session) -> None:
+    with contextlib.suppress(NodehostError):  # a failure is reported by session.wait()
+        for _name, data in session.outputs():
+            data.release()
+
+
 def run_pipeline(config: str | Path, events: str | None = None) -> int:
-    mode = events or ("live" if sys.stdout.isatty() else "log")
+    mode = events or ("live" if sys.stdout.isatty() else "quiet")
     host = Host()
-    session = host.start_session(config)
+    pipeline = host.validate(config)
+    if pipeline.inputs:
+        raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
+                                          "fed by an application: embed the pipeline "
+                                          "(Session.send) or serve it; `nodehost run` has "
+                                          "nothing to feed them with"), source=str(config))
+    session = host.start_session(pipeline.config)
+    if pipeline.outputs:  # nobody here reads them: take and drop, so the nodes can finish
+        threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
     timeline = Timeline()
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -124,9 +170,9 @@ def run_pipeline(config: str | Path, events: str | None = None) -> int:
             if mode == "json":
                 print(json.dumps(event), flush=True)
                 continue
-            if mode == "log":
+            if mode in ("log", "quiet"):
                 timeline.add(event)
-                line = format_event(event)
+                line = format_event(event) if mode == "log" else quiet_line(event)
                 if line:
                     print(line, flush=True)
         result = session.wait()

@@ -12,6 +12,7 @@ signal is tied to it, and it lives until every child is reaped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import queue
@@ -32,12 +33,20 @@ from typing import Any
 
 import psutil
 
-from nodehost import control
+from nodehost import control, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
+from nodehost.endpoints import SessionIO, open_ends
 from nodehost.errors import IllegalTransition, SessionError
-from nodehost.lifecycle import NodeProcess, ProcessStatus
-from nodehost.plan import NodeLaunch, new_session_id, plan_session
+from nodehost.lifecycle import (
+    NodeProcess,
+    ProcessChannelBinding,
+    ProcessStatus,
+    Role,
+    SessionProcessMap,
+    SharedMemoryChannel,
+)
+from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
 
@@ -72,7 +81,6 @@ class _Child:
     error_kind: str | None = None
     exited: bool = False
     sandbox: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
     last_report: float = 0.0
 
     @property
@@ -98,8 +106,9 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
-class Session:
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+class Session(SessionIO):
+    """A running pipeline. Made by ``Host.start_session``; owns its node processes (and,
+    through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
                  python: str | None = None) -> None:
@@ -108,6 +117,16 @@ class Session:
         self.name = pipeline.config.name
         self.id = new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
+        for launch in self.launches:
+            launch.stats_interval_s = host.stats_interval_s
+        host_ends = plan_host_ends(pipeline, self.launches)
+        # The session's own record of its processes, channels and bindings: what
+        # processes(), channels() and the stats events report.
+        self._map = _allocate_channels(self.id, pipeline.config.max_processes, self.launches,
+                                       host_ends)
+        self._ready = threading.Event()
+        self._ready_or_ended = threading.Event()
+        self._ends = open_ends(self.id, pipeline, host_ends)
         self.python = python or sys.executable
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -126,6 +145,7 @@ class Session:
         self._spawned.wait()
         if self._spawn_error is not None:
             self._thread.join()
+            self._io_ended(SessionResult(False, str(self._spawn_error)), failed=True)
             raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
 
     # -- public API ----------------------------------------------------------------------
@@ -134,8 +154,19 @@ class Session:
             return {node_id: c.process.status for node_id, c in self._children.items()}
 
     def processes(self) -> dict[str, NodeProcess]:
+        """The node processes' records: a consistent snapshot, as the last stats event."""
         with self._lock:
-            return {node_id: c.process for node_id, c in self._children.items()}
+            return copy.deepcopy(self._map.processes)
+
+    def channels(self) -> dict[str, SharedMemoryChannel]:
+        """The channels' records (state, figures) by name: a consistent snapshot."""
+        with self._lock:
+            return copy.deepcopy(self._map.channels)
+
+    def bindings(self) -> list[ProcessChannelBinding]:
+        """Which process publishes or subscribes which channel, since and until when."""
+        with self._lock:
+            return list(self._map.bindings)
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event of the session in order, ending with ``session_end``."""
@@ -193,12 +224,23 @@ class Session:
     def _status_event(self, child: _Child) -> None:
         proc = child.process
         child.last_report = time.monotonic()
+        figures = proc.figures
         self._emit("status", node=proc.node_id, node_type=proc.node_type, pid=proc.pid,
                    status=proc.status.value, memory_usage=proc.memory_usage,
                    memory_limit=None if child.launch.memory_mb is None
                    else child.launch.memory_mb << 20,
-                   error=proc.error,
-                   sandbox=child.sandbox, stats=child.stats or None)
+                   error=proc.error, sandbox=child.sandbox,
+                   stats={"received": figures.received, "sent": figures.sent,
+                          "first_output_ts": figures.first_output_ts}
+                   if figures.reported_at else None)
+
+    def _stats_event(self, final: bool = False) -> None:
+        for child in self._children.values():
+            if not child.exited:
+                child.process.memory_usage = self._memory(child)
+        with self._lock:
+            fields = stats.stats_fields(self._map)
+        self._emit("stats", final=final, **fields)
 
     def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None,
                     memory: int | None = None) -> None:
@@ -210,6 +252,8 @@ class Session:
                 proc.set_status(status)
                 if error:
                     proc.error = error
+                if status == S.INITIALIZING:  # the runner has opened its channel ends
+                    self._bind(child.launch)
         except IllegalTransition as exc:
             log.debug("%s", exc)  # e.g. an error reported while already stopping
             return
@@ -218,6 +262,14 @@ class Session:
         elif not child.exited:
             proc.memory_usage = self._memory(child)
         self._status_event(child)
+
+    def _bind(self, launch: NodeLaunch) -> None:
+        for port in launch.outputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.PUBLISHER))
+        for port in launch.inputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.SUBSCRIBER))
 
     # -- supervisor ----------------------------------------------------------------------
     def _interpreter(self, launch: NodeLaunch) -> str:
@@ -259,9 +311,13 @@ class Session:
             )
             node_end.close()
             control.send(host_end, "launch", spec=launch.to_json())
-            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
+            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
+                                  session_id=self.id,
+                                  input_channels=[p.channel for p in launch.inputs],
+                                  output_channels=[p.channel for p in launch.outputs])
             child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
             with self._lock:
+                self._map.add_process(process)
                 self._children[launch.node_id] = child
 
     def _supervise(self) -> None:
@@ -302,9 +358,10 @@ class Session:
         started = False
         stop_deadline: float | None = None
         killed = False
+        next_stats = time.monotonic() + self.host.stats_interval_s
         while any(not c.exited for c in self._children.values()):
             now = time.monotonic()
-            deadlines = [init_deadline] if not started else []
+            deadlines = [init_deadline, next_stats] if not started else [next_stats]
             if stop_deadline is not None:
                 deadlines.append(stop_deadline)
             initializing = [c for c in self._children.values()
@@ -323,6 +380,9 @@ class Session:
                     sel.unregister(child.pidfd)
                     self._on_exit(sel, child)
             now = time.monotonic()
+            if now >= next_stats:
+                self._stats_event()
+                next_stats = now + self.host.stats_interval_s
             for child in initializing:
                 if not child.exited and now - child.last_report >= HEARTBEAT_S:
                     child.process.memory_usage = self._memory(child)
@@ -332,6 +392,7 @@ class Session:
                     started = True
                     for child in self._children.values():
                         control.send(child.sock, "start")
+                    self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
                                if c.process.status in (S.IDLE, S.INITIALIZING)]
@@ -373,7 +434,8 @@ class Session:
                        fraction=message.get("fraction"), message=message.get("message", ""))
             child.last_report = time.monotonic()
         elif kind == "stats":
-            child.stats = {k: v for k, v in message.items() if k != "t"}
+            with self._lock:
+                stats.apply_report(self._map, child.launch.node_id, message)
         elif kind == "done":
             child.done = True
         elif kind == "error":
@@ -480,6 +542,8 @@ class Session:
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
         self._set_status(child, S.STOPPED)
+        with self._lock:  # its channel ends are gone with it
+            self._map.disconnect(child.launch.node_id)
 
     def _fail(self, child: _Child | None, reason: str, kind: str = "error") -> None:
         if self._failure is not None:
@@ -517,6 +581,8 @@ class Session:
                 child.exited = True
                 with contextlib.suppress(OSError):
                     os.close(child.pidfd)
+        with self._lock:
+            self._map.close_all()  # teardown: whatever is left is force-closed
 
     def _release(self) -> None:
         for child in self._children.values():
@@ -545,6 +611,9 @@ class Session:
         else:
             result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
         self._result = result
+        self._stats_event(final=True)
+        self._io_ended(result, failed=not result.ok and (self._failure is not None or
+                                                         self._stop_requested is None))
         self._emit("session_end", ok=result.ok, reason=result.reason,
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
@@ -556,9 +625,12 @@ class Host:
     """Discovers plugins and runs sessions. Several sessions may run at once."""
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
-                 on_event: Any = None, env_allow: Mapping[str, str] | None = None) -> None:
+                 on_event: Any = None, env_allow: Mapping[str, str] | None = None,
+                 stats_interval_s: float = stats.STATS_INTERVAL_S) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
+        # how often runners report and sessions emit ``stats`` events
+        self.stats_interval_s = stats_interval_s
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
@@ -611,3 +683,27 @@ class Host:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _allocate_channels(session_id: str, max_processes: int | None,
+                       launches: list[NodeLaunch], host_ends: HostEnds) -> SessionProcessMap:
+    """The session map with one Created record per planned channel. The application's own
+    ends (session inputs and outputs) appear as ``input:NAME`` / ``output:NAME``; only node
+    processes are bound and counted as publishers and subscribers."""
+    smap = SessionProcessMap(session_id, max_processes)
+    for name, port in host_ends.inputs.items():
+        smap.add_channel(SharedMemoryChannel(port.channel, port.capacity, port.backpressure,
+                                             source=f"input:{name}"))
+    for launch in launches:
+        for port in launch.outputs:
+            smap.add_channel(SharedMemoryChannel(
+                port.channel, port.capacity, port.backpressure,
+                source=f"{launch.node_id}.{port.port}"))
+    for launch in launches:
+        for port in launch.inputs:
+            channel = smap.channels[port.channel]
+            if f"{launch.node_id}.{port.port}" not in channel.targets:
+                channel.targets.append(f"{launch.node_id}.{port.port}")
+    for name, port in host_ends.outputs.items():
+        smap.channels[port.channel].targets.append(f"output:{name}")
+    return smap

@@ -80,3 +80,57 @@ def test_bad_sizes_are_a_usage_error(sizes: str, message: str) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_multiprocessing_peer_delivers_every_message_through_a_chain() -> None:
+    from nodehost import bench_peers
+
+    summary = bench_peers.run_mp_queue(300, middle=1, interval_ms=0.0)
+    assert summary["count"] == 300
+    assert summary["msgs_per_s"] > 0 and summary["p50_us"] > 0
+
+
+def test_the_dora_dataflow_chains_source_forwards_and_sink(tmp_path: Any) -> None:
+    import yaml
+
+    from nodehost import bench_peers
+
+    out = tmp_path / "sink.json"
+    flow = yaml.safe_load(bench_peers._dora_dataflow(tmp_path, 500, 2, 0.0, out).read_text())
+    nodes = {n["id"]: n for n in flow["nodes"]}
+    assert list(nodes) == ["src", "fwd0", "fwd1", "sink"]
+    assert nodes["fwd0"]["inputs"]["in"] == {"source": "src/out", "queue_size": 500}
+    assert nodes["sink"]["inputs"]["in"]["source"] == "fwd1/out"
+    assert nodes["sink"]["args"].endswith(f"dora-node sink {out}")
+    assert "outputs" not in nodes["sink"]
+
+
+def test_the_peers_table_gives_ratios_against_nodehost_and_says_what_was_skipped() -> None:
+    from nodehost import bench_peers
+
+    peers: dict[str, Any] = {"rounds": 3, "payload_bytes": 1024, "rows": [
+        {"framework": "nodehost", "1-hop msgs/s": 40000, "3-node msgs/s": 20000,
+         "1-hop p50 us": 50.0},
+        {"framework": "dora", "skipped": "dora-rs not installed"},
+        {"framework": "mp-queue", "1-hop msgs/s": 20000, "3-node msgs/s": 40000,
+         "1-hop p50 us": 100.0}]}
+    bench_peers.compare(peers["rows"])
+    assert {k: v for k, v in peers["rows"][2].items() if k.startswith("nodehost vs")} == {
+        "nodehost vs 1-hop msgs/s": 2.0, "nodehost vs 3-node msgs/s": 0.5,
+        "nodehost vs 1-hop p50 us": 2.0}
+    text = bench_peers.table(peers)
+    assert "dora      skipped: dora-rs not installed" in text
+    assert "2.00×" in text and "0.50×" in text
+
+
+@pytest.mark.parametrize("size", [1008, 200_000])
+def test_the_probe_sink_notices_a_single_damaged_byte(size: int) -> None:
+    import numpy as np
+    from nodehost_testnodes.probes import HEADER, fill_probe, fill_value, intact
+
+    buf = np.empty(size + HEADER, dtype=np.uint8)
+    fill_probe(buf, 12, 3)
+    assert intact(buf[HEADER:], fill_value(12, 3))
+    assert np.frombuffer(buf[:HEADER].tobytes(), "<u8").tolist() == [12, 3]
+    buf[-1] ^= 1
+    assert not intact(buf[HEADER:], fill_value(12, 3))

@@ -143,7 +143,7 @@ def test_a_sandbox_denial_at_run_time_names_the_path_and_the_grant(
     config = {
         "nodes": [{"id": "reader", "type": "FileReader",
                    "params": {"path": str(secret), "reader": reader}},
-                  {"id": "sink", "type": "TextSink", "params": {"out_path": str(out)},
+                  {"id": "sink", "type": "TextSink", "params": {"path": str(out)},
                    "sandbox": {"fs_write": [str(out)]}}],
         "connections": [{"from": "reader", "to": "sink"}],
     }

@@ -368,7 +368,7 @@ def test_killed_host_leaves_no_forked_children(tmp_out: Path) -> None:
                          "hold_s": 120.0}}
     config = {"name": "hostcrash-forks",
               "nodes": [forker, {"id": "log", "type": "TextSink",
-                                 "params": {"out_path": str(out)},
+                                 "params": {"path": str(out)},
                                  "sandbox": {"fs_write": [str(out)]}}],
               "connections": [{"from": "forker", "to": "log"}]}
     _, sids = kill_host_with([config], [["log", "Processing"]])

@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_harness import sine
 
 from nodehost.errors import ConfigError
-from nodehost.testing import chain, run, sink, source
+from nodehost.testing import chain, run, sine, sink, source
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:
