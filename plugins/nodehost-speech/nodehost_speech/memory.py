@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nodehost_speech.latency import default_config, load_config_dict
+from nodehost_speech.latency import default_config, load_config_dict, rewrite_files
 
 SAMPLE_S = 0.005
 
@@ -44,29 +44,21 @@ def read_status(pid: int) -> dict[str, int]:
 def prepare(config: dict[str, Any], folder: Path, *, env: list[str], repeat: int,
             reply_chars: int) -> dict[str, Any]:
     import numpy as np
-    import soundfile as sf
+
+    def repeated(audio: Any, rate: int) -> Any:
+        gap = np.zeros((int(0.3 * rate), audio.shape[1]), np.float32)
+        return np.concatenate([audio, gap] * repeat)
 
     for item in env:
         target, _, value = item.partition("=")
         node_id, _, name = target.partition(".")
         node = next(n for n in config["nodes"] if n["id"] == node_id)
         node.setdefault("env", {})[name] = value
+    rewrite_files(config, folder, repeated if repeat > 1 else None, f"x{repeat}")
     for node in config["nodes"]:
         node["resources"] = {"memory_mb": None}
         params = node.setdefault("params", {})
-        grants = node.setdefault("sandbox", {})
-        if node["type"] == "WavSource" and repeat > 1:
-            audio, rate = sf.read(params["path"], dtype="float32", always_2d=True)
-            gap = np.zeros((int(0.3 * rate), audio.shape[1]), np.float32)
-            path = folder / f"{node['id']}_x{repeat}.wav"
-            sf.write(path, np.concatenate([audio, gap] * repeat), rate, subtype="FLOAT")
-            params["path"] = str(path)
-            grants["fs_read"] = [str(path)]
-        elif node["type"] == "WavSink":
-            path = folder / f"{node['id']}.wav"
-            params["path"] = str(path)
-            grants["fs_write"] = [str(path)]
-        elif node["type"] == "ReplyText" and reply_chars:
+        if node["type"] == "ReplyText" and reply_chars:
             template = params.get("template", "You said: {text}")
             # no commas: Piper splits at clauses, and the worst case is one long clause
             filler = " and then after a long pause it said the very same words once more"
