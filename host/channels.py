@@ -44,11 +44,12 @@ import numpy as np
 from nodehost import wire
 from nodehost.data import RuntimeData, SampleHold, copy_out, inherited_origin, monotonic_stamp
 from nodehost.errors import ChannelError, WireFormatError
+from nodehost.plan import MAX_FAN_OUT
 
 DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
 BORROW = 8               # received messages a reader may hold zero-copy; beyond, copies
 LOANS = 2                # samples a writer may have loaned (being filled) at once
-MAX_READERS = 16         # upper bound of subscribers of one channel
+MAX_READERS = MAX_FAN_OUT  # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
 DEFAULT_DRAIN_TIMEOUT = 10.0

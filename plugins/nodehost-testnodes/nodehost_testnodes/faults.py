@@ -75,6 +75,9 @@ class MemoryHog(nodehost.Node):
                 self.hog.append(bytearray(size))
                 continue
             block = malloc(size)
+            if not block and self.params.how == "abort":  # Rust's default allocation error
+                os.write(2, f"memory allocation of {size} bytes failed\n".encode())
+                os.abort()
             if not block:  # what a native library turns into its own error, like mkl_malloc
                 raise RuntimeError("hog_malloc: failed to allocate memory")
             ctypes.memset(block, 1, size)
