@@ -98,3 +98,7 @@ class ChannelError(NodehostError):
 
 class SessionError(NodehostError):
     """A session cannot start, or was used in a way its state does not allow."""
+
+
+class HostClosed(SessionError):
+    """``Host.start_session`` after ``Host.close()`` or ``Host.cancel()``."""

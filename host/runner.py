@@ -54,8 +54,9 @@ class ControlLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class Stopped(Exception):
-    """The host asked this node to stop (or went away)."""
+class Stopped(BaseException):
+    """The host asked this node to stop (or went away). A BaseException, like
+    KeyboardInterrupt: node code's ``except Exception`` must not swallow a stop."""
 
 
 def node_traceback(exc: BaseException) -> str:
@@ -113,6 +114,14 @@ class Runner:
 
     def progress(self, fraction: float, message: str) -> None:
         self.report("progress", fraction=fraction, message=message)
+
+    def cleanup(self) -> None:
+        """The node's cleanup() after a stop; its failure is reported, not raised."""
+        try:
+            if self.node is not None:
+                self.resolve(self.node.cleanup())
+        except Exception as exc:
+            self.report("log", level="WARNING", message=f"cleanup failed: {describe(exc)}")
 
     # -- control -------------------------------------------------------------------------
     def check_control(self, block: bool = False) -> None:
@@ -189,38 +198,40 @@ def run_node(runner: Runner) -> int:
     from nodehost.manifest import NodeManifest
 
     launch = runner.launch
-    try:
-        manifest = NodeManifest.model_validate(launch.manifest)
-        params = manifest.params_model.model_validate(launch.params)
-        plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
-        writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
-                                              backpressure=p.backpressure,
-                                              readers=p.subscribers,
-                                              session_id=launch.session_id)
-                   for p in launch.outputs}
-        for writer in writers.values():  # a writer blocked on backpressure still obeys stop
-            writer.abort_check = runner.check_control
-        readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
-                                              backpressure=p.backpressure)
-                   for p in launch.inputs}
-        layers = sandbox.apply(sandbox.SandboxPlan(
-            network=launch.network,
-            fs_read=tuple(launch.fs_read),
-            fs_write=tuple(launch.fs_write),
-            tmp_dir=launch.tmp_dir,
-            memory_mb=launch.memory_mb,
-            plugin_paths=tuple(launch.plugin_paths),
-        ))
-    except Exception as exc:
-        runner.report("error", stage="setup", error=describe(exc),
-                      traceback=traceback.format_exc())
-        return EXIT_RUNNER_ERROR
-    io = NodeIO(runner, plane, writers, readers)
+    plane: DataPlane | None = None
     finished = False
-    node_logger = logging.getLogger("nodehost.node")
-    node_logger.setLevel(logging.INFO)
-    node_logger.addHandler(ControlLogHandler(runner))
     try:
+        try:
+            manifest = NodeManifest.model_validate(launch.manifest)
+            params = manifest.params_model.model_validate(launch.params)
+            plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
+            writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
+                                                  backpressure=p.backpressure,
+                                                  readers=p.subscribers,
+                                                  session_id=launch.session_id)
+                       for p in launch.outputs}
+            # A writer blocked by backpressure wakes on the control socket: stop is obeyed
+            # at once, without polling.
+            plane.set_interrupt([runner.sock.fileno()], runner.check_control)
+            readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
+                                                  backpressure=p.backpressure)
+                       for p in launch.inputs}
+            layers = sandbox.apply(sandbox.SandboxPlan(
+                network=launch.network,
+                fs_read=tuple(launch.fs_read),
+                fs_write=tuple(launch.fs_write),
+                tmp_dir=launch.tmp_dir,
+                memory_mb=launch.memory_mb,
+                plugin_paths=tuple(launch.plugin_paths),
+            ))
+        except Exception as exc:
+            runner.report("error", stage="setup", error=describe(exc),
+                          traceback=traceback.format_exc())
+            return EXIT_RUNNER_ERROR
+        io = NodeIO(runner, plane, writers, readers)
+        node_logger = logging.getLogger("nodehost.node")
+        node_logger.setLevel(logging.INFO)
+        node_logger.addHandler(ControlLogHandler(runner))
         runner.set_status("Initializing", sandbox=layers)
         try:
             cls = _load_node_class(launch.entrypoint)
@@ -250,17 +261,20 @@ def run_node(runner: Runner) -> int:
         runner.report("done")
         return EXIT_OK
     except Stopped:
-        io.stop()
+        # From here a SIGTERM means cleanup() overran the host's grace period: just die.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        runner.cleanup()
         return EXIT_OK
     finally:
-        if not finished:
-            # Failed or stopped: the stream did not end, so no end of stream goes downstream
-            # (a sink would take a cut-off stream for a complete one), and nothing waits
-            # for readers to drain (closing would otherwise send EOS and block on them).
-            for writer in writers.values():
-                with contextlib.suppress(Exception):
-                    writer.close(drain_timeout=0, eos=False)
-        plane.close()
+        if plane is not None:
+            if not finished:
+                # Failed or stopped: the stream did not end, so no end of stream goes
+                # downstream (a sink would take a cut-off stream for a complete one), and
+                # nothing waits for readers to drain (closing would send EOS and block).
+                for writer in list(plane.writers):
+                    with contextlib.suppress(Exception):
+                        writer.close(drain_timeout=0, eos=False)
+            plane.close()
 
 
 class NodeIO:
@@ -372,12 +386,6 @@ class NodeIO:
             pass
         return EXIT_NODE_ERROR
 
-    def stop(self) -> None:
-        try:
-            if self.runner.node is not None:
-                self.runner.resolve(self.runner.node.cleanup())
-        except Exception as exc:
-            self.runner.report("log", message=f"cleanup failed: {describe(exc)}")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -392,20 +400,30 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.preexec()  # die with the host, even if the host is SIGKILLed
 
     def on_sigterm(signum: int, frame: object) -> None:
+        # Once: the host sends SIGTERM to interrupt a node that cannot hear its socket (in
+        # initialize()), and again only when cleanup() overran its grace: then just die.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # The host stops nodes itself: a Ctrl-C meant for the host (sent to its process group
+    # while this process was being spawned, blocked since) is dropped here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # `kill -USR1 <pid>` prints every thread's stack: how to see where a node hangs.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    args = _parse(argv)
-    sock = socket.socket(fileno=args.control_fd)
-    message = control.receive(sock)
-    if message is None or message.get("t") != "launch":
-        return EXIT_RUNNER_ERROR
-    launch = NodeLaunch.from_json(message["spec"])
-    if os.getppid() != launch.host_pid:  # the host died before we could watch it
-        return EXIT_RUNNER_ERROR
-    return run_node(Runner(sock, launch))
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        args = _parse(argv)
+        sock = socket.socket(fileno=args.control_fd)
+        message = control.receive(sock)
+        if message is None or message.get("t") != "launch":
+            return EXIT_RUNNER_ERROR
+        launch = NodeLaunch.from_json(message["spec"])
+        if os.getppid() != launch.host_pid:  # the host died before we could watch it
+            return EXIT_RUNNER_ERROR
+        return run_node(Runner(sock, launch))
+    except Stopped:  # stopped before the node was set up: nothing to clean up
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ signal is tied to it, and it lives until every child is reaped.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -24,9 +25,11 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +38,16 @@ import psutil
 from nodehost import control
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
-from nodehost.errors import IllegalTransition, SessionError
+from nodehost.errors import HostClosed, IllegalTransition, SessionError
 from nodehost.lifecycle import NodeProcess, ProcessStatus
 from nodehost.plan import NodeLaunch, new_session_id, plan_session
 
 log = logging.getLogger("nodehost.session")
 
 HEARTBEAT_S = 2.0  # a node still initializing is reported at least this often
-STOP_GRACE_S = 0.1  # after a stop request, wait this long before SIGTERM
-KILL_GRACE_S = 1.0  # ... and this long before SIGKILL
+FAIL_GRACE_S = 0.1  # after a failure, nodes get this long to exit before SIGTERM
+KILL_GRACE_S = 1.0  # ... and this long after SIGTERM before SIGKILL
+# (a stop the user asked for waits the pipeline's stop_grace_s instead of FAIL_GRACE_S)
 STDERR_TAIL = 8192
 
 S = ProcessStatus
@@ -98,11 +102,23 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+_HOST_ONLY = object()  # Session's constructor is Host's: a session always has its owner
+
+
 class Session:
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes."""
+    """A running pipeline that owns its node processes. Made only by ``Host.start_session``,
+    which registers it with the host before its supervisor starts."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
-                 python: str | None = None) -> None:
+                 python: str | None = None, _owner: object = None) -> None:
+        if _owner is not _HOST_ONLY:
+            raise TypeError("a Session is made by Host.start_session(config), which owns it")
         self.host = host
         self.pipeline = pipeline
         self.name = pipeline.config.name
@@ -117,16 +133,29 @@ class Session:
         self._finished = threading.Event()
         self._spawned = threading.Event()
         self._spawn_error: BaseException | None = None
+        # The wake-up pipe lives as long as this object, not the supervisor: cancel() may
+        # write to it at any moment (from a signal handler), never to a reused fd number.
         self._wake_r, self._wake_w = os.pipe()
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._stop_requested: str | None = None
+        self._kill_requested = False
         self._failure: tuple[str, str, str] | None = None  # node, type, reason
         self._thread = threading.Thread(target=self._supervise, name=f"nodehost-{self.id}",
                                         daemon=True)
+
+    def _start(self) -> None:
+        """Start the supervisor; return once every node process is spawned. Host only."""
         self._thread.start()
-        self._spawned.wait()
+        try:
+            self._spawned.wait()
+        except BaseException:  # e.g. Ctrl-C in an embedding program: nothing may outlive it
+            self.cancel("interrupted while starting", graceful=False)
+            self._thread.join()
+            raise
         if self._spawn_error is not None:
             self._thread.join()
-            raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
+            raise SessionError(f"session {self.id} could not start: {self._spawn_error}"
+                               ) from self._spawn_error
 
     # -- public API ----------------------------------------------------------------------
     def status(self) -> dict[str, ProcessStatus]:
@@ -160,11 +189,23 @@ class Session:
 
     def stop(self, reason: str = "stopped by request", timeout: float | None = None
              ) -> SessionResult:
-        if not self._finished.is_set():
-            self._stop_requested = reason
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
+        """Stop the session and wait for its end: nodes get the pipeline's ``stop_grace_s``
+        to run ``cleanup()``, then they are terminated."""
+        self.cancel(reason)
         return self.wait(timeout)
+
+    def cancel(self, reason: str = "stopped by request", *, graceful: bool = True) -> None:
+        """Ask the session to stop and return at once. Safe in a signal handler (no lock).
+        ``graceful=False`` (or a second call) kills the nodes now instead of waiting
+        ``stop_grace_s`` for their ``cleanup()``; the session still reaps and releases all."""
+        if self._finished.is_set():
+            return
+        if self._stop_requested is None:
+            self._stop_requested = reason
+        if not graceful:
+            self._kill_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def __enter__(self) -> Session:
         return self
@@ -232,15 +273,26 @@ class Session:
             raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from None
 
     def _spawn_all(self) -> None:
-        pythons = {launch.node_id: self._interpreter(launch) for launch in self.launches}
+        pythons: dict[str, str] = {}
         for launch in self.launches:
-            tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
-            launch.tmp_dir = tmp_dir
-            launch.host_pid = os.getpid()
-            host_end, node_end = control.pair()
+            if self._stop_requested is not None:
+                return
+            pythons[launch.node_id] = self._interpreter(launch)
+        for launch in self.launches:
+            if self._stop_requested is not None:
+                return  # stopped while starting: the loop tears down what was spawned
+            self._spawn(launch, pythons[launch.node_id])
+
+    def _spawn(self, launch: NodeLaunch, python: str) -> None:
+        """Start one node process and take ownership of it (and its temp dir) at once:
+        whatever fails after this point, the supervisor reaps and removes what exists."""
+        tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
+        launch.tmp_dir = tmp_dir
+        launch.host_pid = os.getpid()
+        host_end, node_end = control.pair()
+        try:
             popen = subprocess.Popen(
-                [pythons[launch.node_id], "-m", "nodehost.runner", "--control-fd",
-                 str(node_end.fileno())],
+                [python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
                 env=self.host.node_env(tmp_dir),
                 stdin=subprocess.DEVNULL,
@@ -251,28 +303,46 @@ class Session:
                 # then stops the nodes in order instead of every node dying mid-message.
                 process_group=0,
             )
+        except BaseException:
+            host_end.close()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        finally:
             node_end.close()
-            control.send(host_end, "launch", spec=launch.to_json())
-            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
-            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
-            with self._lock:
-                self._children[launch.node_id] = child
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            if popen.stdout is not None:
+                popen.stdout.close()
+            host_end.close()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
+        child = _Child(launch, process, popen, host_end, pidfd, tmp_dir)
+        with self._lock:
+            self._children[launch.node_id] = child
+        control.send(host_end, "launch", spec=launch.to_json())
 
     def _supervise(self) -> None:
+        # A terminal's Ctrl-C goes to the host's process group, and a node is in it from
+        # fork until it moves to its own group: blocked here, the signal stays blocked
+        # (pending) through exec, and the runner discards it. Python handles signals in
+        # the main thread anyway.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self._spawn_all()
         except BaseException as exc:
             self._spawn_error = exc
-            self._kill_all()
-            self._reap_all()
-            self._release()
-            self._spawned.set()
-            return
         self._spawned.set()
-        for child in self._children.values():
-            child.process.memory_usage = self._memory(child)
-            self._status_event(child)
         try:
+            if self._spawn_error is not None:
+                self._kill_all()
+                return
+            for child in self._children.values():
+                child.process.memory_usage = self._memory(child)
+                self._status_event(child)
             self._loop()
         except BaseException as exc:
             log.exception("supervisor failed")
@@ -295,7 +365,7 @@ class Session:
         init_deadline = time.monotonic() + self.pipeline.config.init_timeout_s
         started = False
         stop_deadline: float | None = None
-        killed = False
+        killed = killed_hard = False
         while any(not c.exited for c in self._children.values()):
             now = time.monotonic()
             deadlines = [init_deadline] if not started else []
@@ -306,6 +376,8 @@ class Session:
             deadlines += [c.last_report + HEARTBEAT_S for c in initializing]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             for key, _ in sel.select(timeout):
+                if sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier event of this batch (its exit)
                 kind, child = key.data
                 if kind == "wake":
                     os.read(self._wake_r, 64)
@@ -335,12 +407,21 @@ class Session:
                                 pending[0])
                     self._fail(late, f"did not become Ready within init_timeout_s="
                                      f"{self.pipeline.config.init_timeout_s:g} s", "timeout")
+            if self._kill_requested and not killed_hard:
+                self._kill_all()  # asked to stop without grace (e.g. a second Ctrl-C)
+                killed_hard = killed = True
+                stop_deadline = now + KILL_GRACE_S
             if (self._failure is not None or self._stop_requested is not None) \
                     and stop_deadline is None:
                 self._request_stop()
-                stop_deadline = now + STOP_GRACE_S
+                # A stop the user asked for lets nodes finish cleanup(); a failure does not wait.
+                grace = self.pipeline.config.stop_grace_s if self._failure is None \
+                    else FAIL_GRACE_S
+                stop_deadline = now + grace
             elif stop_deadline is not None and now >= stop_deadline:
                 if not killed:
+                    if self._failure is None:
+                        self._overran_grace()
                     self._signal_all(signal.SIGTERM)
                     killed = True
                     stop_deadline = now + KILL_GRACE_S
@@ -458,9 +539,23 @@ class Session:
         for child in self._children.values():
             if child.exited:
                 continue
+            # A node still starting or inside initialize() reads its socket only once it is
+            # Ready: SIGTERM interrupts it (the runner then runs cleanup() and exits).
+            deaf = child.process.status in (S.IDLE, S.INITIALIZING)
             if child.process.status.is_live:
                 self._set_status(child, S.STOPPING)
             control.send(child.sock, "stop")
+            if deaf:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
+
+    def _overran_grace(self) -> None:
+        grace = self.pipeline.config.stop_grace_s
+        for child in self._children.values():
+            if not child.exited:
+                self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                           level="WARNING", message=f"still running stop_grace_s={grace:g} s "
+                                                    "after stop: terminated")
 
     def _signal_all(self, sig: signal.Signals) -> None:
         for child in self._children.values():
@@ -488,9 +583,6 @@ class Session:
             if child.popen.stdout is not None:
                 child.popen.stdout.close()
             shutil.rmtree(child.tmp_dir, ignore_errors=True)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
         # A killed node leaves its shared memory behind, and so can nodes that exit at the
         # same moment (each sees the other still attached): clean up after every session.
         from nodehost.channels import cleanup_dead_nodes
@@ -513,11 +605,23 @@ class Session:
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
         self.host._forget(self)
+        _LIVE_SESSIONS.discard(self)
         self._finished.set()
 
 
+class HostState(Enum):
+    OPEN = "open"        # start_session() works
+    CLOSING = "closing"  # cancel() or close() was called: no new sessions, the others stop
+    CLOSED = "closed"    # close() returned: every session has ended
+
+
 class Host:
-    """Discovers plugins and runs sessions. Several sessions may run at once."""
+    """Discovers plugins and runs sessions. Several sessions may run at once.
+
+    The host owns its sessions as a trio nursery owns its tasks: only ``start_session``
+    makes one, registers it before its supervisor starts, and ``close()`` (or leaving the
+    ``with`` block) stops every session and refuses new ones.
+    """
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
                  on_event: Any = None, env_allow: Mapping[str, str] | None = None) -> None:
@@ -526,6 +630,8 @@ class Host:
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
+        self.state = HostState.OPEN
+        self._cancel_reason = "host closed"
         from nodehost.channels import cleanup_dead_nodes
 
         cleanup_dead_nodes()  # reclaim what a killed host left in /dev/shm
@@ -536,11 +642,18 @@ class Host:
 
     def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
                       ) -> Session:
+        """Validate ``config``, start its session and return it once every node process is
+        spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
+        self._check_open()
         pipeline = self.validate(config)
-        session = Session(self, pipeline)
+        session = Session(self, pipeline, _owner=_HOST_ONLY)
         with self._lock:
-            if not session._finished.is_set():
-                self._sessions.append(session)
+            self._check_open()
+            self._sessions.append(session)  # before it runs: its end always finds it here
+        _LIVE_SESSIONS.add(session)
+        if self.state is not HostState.OPEN:  # cancel() ran (a signal) while we registered
+            session.cancel(self._cancel_reason)
+        session._start()
         return session
 
     def run(self, config: str | Path | Mapping[str, Any] | PipelineConfig,
@@ -560,17 +673,48 @@ class Host:
 
         return scrubbed_env(self._extra_env, tmp_dir=tmp_dir)
 
+    def _check_open(self) -> None:
+        if self.state is not HostState.OPEN:
+            raise HostClosed("Host is closed; no new sessions")
+
     def _forget(self, session: Session) -> None:
         with self._lock:
             if session in self._sessions:
                 self._sessions.remove(session)
 
+    def cancel(self, reason: str = "host closed", *, graceful: bool = True) -> None:
+        """Refuse new sessions and ask every session to stop, without waiting. Safe in a
+        signal handler (takes no lock): ``nodehost run`` calls it on Ctrl-C and SIGTERM."""
+        if self.state is HostState.OPEN:
+            self._cancel_reason = reason
+            self.state = HostState.CLOSING
+        for session in list(self._sessions):
+            session.cancel(reason, graceful=graceful)
+
     def close(self) -> None:
+        """Stop every session (each node gets its pipeline's stop_grace_s to clean up), wait
+        until all are reaped, and refuse new sessions from now on."""
+        self.cancel()
         for session in self.sessions():
-            session.stop()
+            session.wait()
+        self.state = HostState.CLOSED
 
     def __enter__(self) -> Host:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Sessions still running when the interpreter exits (an embedding program ended or died of
+# an exception without stopping them) are torn down before it goes: nothing outlives it.
+_LIVE_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_sessions_at_exit() -> None:
+    for session in list(_LIVE_SESSIONS):
+        session.cancel("the host program exited", graceful=False)
+    for session in list(_LIVE_SESSIONS):
+        if session._thread.is_alive():
+            session._thread.join(timeout=30)
