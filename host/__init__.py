@@ -24,16 +24,24 @@ _LAZY = {
     "Host": "nodehost.session",
     "Session": "nodehost.session",
     "SessionResult": "nodehost.session",
+    "manifests_in": "nodehost.discovery",
+    "SessionEnded": "nodehost.errors",
+    "SessionFailed": "nodehost.errors",
+    "SendTimeout": "nodehost.endpoints",
 }
 
 __all__ = [
     "Connection", "Host", "Node", "NodeConfig", "NodeManifest", "PipelineConfig",
-    "ProcessStatus", "RuntimeData", "Session", "SessionResult", "__version__", "hookimpl",
+    "ProcessStatus", "RuntimeData", "SendTimeout", "Session", "SessionEnded", "SessionFailed",
+    "SessionResult", "__version__", "hookimpl", "manifests_in",
 ]
 
 if TYPE_CHECKING:
     from nodehost.config import Connection, NodeConfig, PipelineConfig
     from nodehost.data import RuntimeData
+    from nodehost.discovery import manifests_in
+    from nodehost.endpoints import SendTimeout
+    from nodehost.errors import SessionEnded, SessionFailed
     from nodehost.hookspecs import hookimpl
     from nodehost.lifecycle import ProcessStatus
     from nodehost.manifest import NodeManifest

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nodehost.errors import ConfigError, NodehostError
 
 if TYPE_CHECKING:
+    from nodehost.config import ResolvedNode
     from nodehost.discovery import NodeType, Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -91,17 +92,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from nodehost import remote
     from nodehost.config import load_config, validate_pipeline
 
     config = load_config(args.config)
     registry = _registry()
     try:
-        pipeline = validate_pipeline(config, registry.node_types)
+        if remote.placed(config):  # nodes on other machines: ask their agents
+            pipeline, notes = remote.validate_placed(config, registry)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        else:
+            pipeline = validate_pipeline(config, registry.node_types)
     except ConfigError as exc:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
+    for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
+        print(f"  session {port.direction} {port.describe()}")
+    for node in pipeline.nodes.values():
+        print(f"  nodes[{node.index}] {node.id} ({node.manifest.node_type}): "
+              f"{_resources_summary(node)}")
     return EXIT_OK
+
+
+def _resources_summary(node: ResolvedNode) -> str:
+    """What the node will run with, and where each value comes from."""
+    limit = node.memory_mb
+    source = "config" if node.memory_mb_from_config else "manifest"
+    text = f"memory limit {limit} MiB ({source})" if limit is not None else \
+        f"no memory limit ({source})"
+    if node.env:
+        text += ", env " + " ".join(f"{k}={v}" for k, v in sorted(node.env.items()))
+    return text
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -130,7 +153,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from nodehost.config import load_config, validate_pipeline
+    from nodehost.graph import RENDERED, picture
+
+    if args.format in RENDERED and args.output is None and sys.stdout.isatty():
+        print(f"error: --format {args.format} is binary: write it with -o FILE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config)
+    try:
+        pipeline = validate_pipeline(config, _registry().node_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(args.config)) from None
+    data = picture(pipeline, args.format, args.stats)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({args.format}, {len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -147,12 +193,93 @@ def cmd_env(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from nodehost import agent
+
+    return agent.main(args.agent_args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn", "websockets")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: nodehost serve needs {', '.join(missing)}: pip install "
+              "'nodehost[serve]'", file=sys.stderr)
+        return EXIT_USAGE
+    from nodehost.serve import main_serve
+
+    return main_serve(args)
+
+
+def add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a pipeline to WebSocket clients and a browser page, "
+                                     "one session per client")
+    p.add_argument("config", help="pipeline config file with session inputs/outputs")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free)")
+    p.add_argument("--warm", type=int, default=0, metavar="N",
+                   help="keep N sessions started and Ready for the next clients")
+    p.add_argument("--max-sessions", type=int, default=None, metavar="M",
+                   help="at most M sessions (idle warm ones included); clients past it are "
+                        "refused at once")
+    p.add_argument("--token", default=None, metavar="T",
+                   help="secret a client must give (?token=T or 'Authorization: Bearer T'); "
+                        "default: $NODEHOST_SERVE_TOKEN")
+    p.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024, metavar="B",
+                   help="largest binary frame a client may send (default 4 MiB)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from nodehost.scaffold import create, names
+
+    target = Path(args.dir) if args.dir else Path(names(args.name, args.node).dist)
+    written = create(target, args.name, args.node)
+    n = names(args.name, args.node)
+    where = target.as_posix() if target.is_absolute() else f"./{target.as_posix()}"
+    print(f"created {where}/ ({len(written)} files): plugin {n.dist}, node type {n.node_type}")
+    print(f"""
+next:
+  pip install -e '{where}[test]'   # nodehost finds {n.node_type} through its entry point
+  nodehost nodes                   # lists it
+  nodehost run {where}/pipelines/sample.yaml   # TextSource → {n.node_type} → TextSink
+  pytest {where}/tests             # in-process and real-session tests""")
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nodehost import doctor
+
+    return doctor.main(as_json=args.json)
+
+
+def _add_author_commands(sub: Any) -> None:
+    """``new`` (plugin scaffold) and ``doctor`` (what this machine offers)."""
+    p = sub.add_parser("doctor", help="check kernel, sandbox layers, /dev/shm and plugins "
+                                      "(exit 1 when something required is missing)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("new", help="create a plugin package: node, manifest, tests, pipeline")
+    p.add_argument("name", help="distribution name, e.g. textstats (the package: textstats)")
+    p.add_argument("--node", default="WordCount", metavar="TYPE",
+                   help="the node type to create (CamelCase; default WordCount)")
+    p.add_argument("--dir", metavar="DIR", help="where to create it (default ./NAME)")
+    p.set_defaults(func=cmd_new)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodehost",
         description="Run pipelines of Python nodes, each in its own sandboxed process, linked "
                     "by zero-copy shared memory.",
     )
+    from nodehost import __version__
+
+    parser.add_argument("--version", action="version", version=f"nodehost {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -171,10 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one session of a pipeline config")
     p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
-    p.add_argument("--events", choices=["json", "log", "live"], default=None,
-                   help="json: one JSON event per line on stdout; log: plain lines; live: "
-                        "terminal view (default when stdout is a terminal)")
+    p.add_argument("--events", choices=["json", "log", "live", "quiet"], default=None,
+                   help="json: one JSON event per line on stdout; log: every state change; "
+                        "live: terminal view (default when stdout is a terminal); quiet: "
+                        "node logs, errors and the summary (default otherwise)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write every node's output lines and log records to DIR/<node>.log")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
+                   help="mermaid (default) and dot are text; svg and png need Graphviz")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--stats", metavar="EVENTS",
+                   help="annotate with a saved run: `nodehost run CONFIG --events json > "
+                        "EVENTS` (rates, occupancy, drops, blocked time)")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
                        add_help=False)
@@ -186,16 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
 
+    p = sub.add_parser("agent", help="run nodes placed on this machine by coordinators "
+                                     "elsewhere (Zenoh; token from NODEHOST_AGENT_TOKEN)",
+                       add_help=False)
+    p.add_argument("agent_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_agent)
+
+
+    add_serve_parser(sub)
+
     p = sub.add_parser("schema", help="print (or --write) the JSON Schemas of manifests and "
                                       "pipeline configs")
     p.add_argument("--write", metavar="DIR", help="write one file per schema into DIR")
     p.set_defaults(func=cmd_schema)
+    _add_author_commands(sub)
     return parser
 
 
 # Subcommands with parsers of their own (and heavy imports): their arguments, --help
 # included, go to them untouched.
-_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args")}
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args"),
+              "agent": (cmd_agent, "agent_args")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

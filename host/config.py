@@ -8,17 +8,28 @@ import json
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from nodehost.errors import ConfigError, Issue, pydantic_issues
 from nodehost.errors import format_loc as format_loc  # re-exported
-from nodehost.manifest import NodeManifest, PortSpec, SandboxPolicy, check_pattern
+from nodehost.manifest import NodeManifest, PortSpec, Resources, SandboxPolicy, check_pattern
+from nodehost.sandbox import node_env_problem
 
 if TYPE_CHECKING:
     from nodehost.discovery import NodeType
@@ -28,11 +39,43 @@ DEFAULT_CAPACITY = 16 * 1024 * 1024
 YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
+MACHINE_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+LOCAL_MACHINE = "local"  # the machine running the session; not a name for `machines:`
+# A Zenoh locator an agent listens on: "tcp/10.0.0.2:7447", "tls/gpu1.lan:7447", ...
+LOCATOR = r"^(tcp|tls|quic|udp)/[^\s/]+:[0-9]{1,5}$"
+SESSION_PORT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _env_name(name: str) -> str:
+    check_pattern(name, ENV_NAME, "a valid environment variable name (letters, digits and _, "
+                                  "not starting with a digit)")
+    problem = node_env_problem(name)
+    if problem:
+        raise PydanticCustomError("env_name", problem)
+    return name
+
+
+def _env_value(value: Any) -> Any:
+    # YAML reads `OMP_NUM_THREADS: 2` as a number: what a user means is the text "2".
+    # true/false are refused: a library may expect 1/0, TRUE or yes — the user says which.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise PydanticCustomError("env_value", "{value} is not a string or a number (quote it)",
+                                  {"value": repr(value)})
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name),
+                    WithJsonSchema({"type": "string", "pattern": ENV_NAME})]
+EnvValue = Annotated[str, BeforeValidator(_env_value),
+                     WithJsonSchema({"type": ["string", "integer", "number"]})]
 
 
 class NodeConfig(_Strict):
@@ -42,12 +85,55 @@ class NodeConfig(_Strict):
     sandbox: SandboxPolicy | None = Field(
         default=None, description="extra grants from the operator, merged with the manifest's"
     )
+    resources: Resources | None = Field(
+        default=None, description="replaces the manifest's values (e.g. memory_mb, to raise or "
+                                  "lower the node's memory limit)"
+    )
+    env: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        description="environment variables for the node's process (e.g. CT2_USE_MKL, "
+                    "OMP_NUM_THREADS); the host's own environment is scrubbed",
+    )
+    machine: str | None = Field(
+        default=None, description="a name from `machines:` (default: the machine running "
+                                  "the session)")
 
     @field_validator("id")
     @classmethod
     def _id(cls, node_id: str) -> str:
         return check_pattern(node_id, NODE_ID, "a valid node id (letters, digits, _ and -, not "
                                                "starting with a digit or -)")
+
+
+def _check_endpoint(value: str) -> str:
+    if not ENDPOINT.match(value):
+        raise PydanticCustomError(
+            "endpoint", '{value} is not "node" or "node.port"', {"value": repr(value)}
+        )
+    return value
+
+
+def _check_session_port_name(name: str) -> str:
+    return check_pattern(name, SESSION_PORT_NAME, "a valid session input/output name (letters, "
+                                                   "digits and _, not starting with a digit)")
+
+
+def _as_endpoint_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise PydanticCustomError("session_input", 'expected "node.port" or a list of them, '
+                                                   "got {kind}", {"kind": type(value).__name__})
+    return value
+
+
+EndpointRef = Annotated[str, AfterValidator(_check_endpoint)]
+SessionPortName = Annotated[str, AfterValidator(_check_session_port_name)]
+# "node.port" or a list of them; held as a list
+SessionInputTargets = Annotated[
+    list[EndpointRef], Field(min_length=1),
+    BeforeValidator(_as_endpoint_list, json_schema_input_type=str | list[str]),
+]
 
 
 class Connection(_Strict):
@@ -59,11 +145,7 @@ class Connection(_Strict):
     @field_validator("from_", "to")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if not ENDPOINT.match(value):
-            raise PydanticCustomError(
-                "endpoint", '{value} is not "node" or "node.port"', {"value": repr(value)}
-            )
-        return value
+        return _check_endpoint(value)
 
     @field_validator("capacity")
     @classmethod
@@ -76,6 +158,28 @@ class Connection(_Strict):
                 {"capacity": capacity, "lower": lower, "upper": lower * 2},
             )
         return capacity
+
+
+class MachineConfig(_Strict):
+    """A host running `nodehost agent`, reachable over Zenoh."""
+
+    connect: str = Field(json_schema_extra={"pattern": LOCATOR},
+                         description='the agent\'s Zenoh locator, e.g. "tcp/10.0.0.2:7447"')
+    token_env: str = Field(json_schema_extra={"pattern": ENV_NAME},
+                           description="the environment variable holding the agent's token "
+                                       "(never the token itself)")
+
+    @field_validator("connect")
+    @classmethod
+    def _connect(cls, connect: str) -> str:
+        return check_pattern(connect, LOCATOR, 'a Zenoh locator like "tcp/10.0.0.2:7447"')
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, name: str) -> str:
+        return check_pattern(name, ENV_NAME, "an environment variable name (the variable "
+                                             "holds the token; the token never goes in the "
+                                             "config)")
 
 
 class PipelineConfig(_Strict):
@@ -91,12 +195,37 @@ class PipelineConfig(_Strict):
     stop_grace_s: float = Field(default=5.0, ge=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
+    inputs: dict[SessionPortName, SessionInputTargets] = Field(
+        default_factory=dict,
+        description='session inputs, fed by the application: name -> "node.port", or a list '
+                    "of them (one input fanned out to several ports)",
+        json_schema_extra={"propertyNames": {"pattern": SESSION_PORT_NAME}},
+    )
+    outputs: dict[SessionPortName, EndpointRef] = Field(
+        default_factory=dict,
+        description='session outputs, read by the application: name -> "node.port" (an '
+                    "output port)",
+        json_schema_extra={"propertyNames": {"pattern": SESSION_PORT_NAME}},
+    )
+    machines: dict[str, MachineConfig] = Field(
+        default_factory=dict, description="hosts running `nodehost agent`, by name")
 
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
         return check_pattern(name, PIPELINE_NAME, "a valid pipeline name (letters, digits, "
                                                   "_ . and -)")
+
+    @field_validator("machines")
+    @classmethod
+    def _machine_names(cls, machines: dict[str, MachineConfig]) -> dict[str, MachineConfig]:
+        for name in machines:
+            if name == LOCAL_MACHINE:
+                raise PydanticCustomError(
+                    "machine_name", "{name} is reserved for the machine running the session; "
+                    "nodes without `machine:` run there", {"name": repr(name)})
+            check_pattern(name, MACHINE_NAME, "a machine name (letters, digits, _ and -)")
+        return machines
 
 
 # --------------------------------------------------------------------------- loading
@@ -229,8 +358,45 @@ class ResolvedNode:
         return self.config.id
 
     @property
+    def memory_mb_from_config(self) -> bool:
+        override = self.config.resources
+        return override is not None and "memory_mb" in override.model_fields_set
+
+    @property
+    def memory_mb(self) -> int | None:
+        """The memory limit: the config's ``resources.memory_mb``, else the manifest's."""
+        if self.memory_mb_from_config:
+            assert self.config.resources is not None
+            return self.config.resources.memory_mb
+        return self.manifest.resources.memory_mb
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.config.env)
+
+    @property
     def manifest(self) -> NodeManifest:
         return self.node_type.manifest
+
+
+@dataclass(frozen=True)
+class SessionPort:
+    """A session input (the application writes, ``ports`` read) or output (``ports[0]``
+    writes, the application reads). ``spec`` is what flows through it, derived from the
+    ports: their data type and the constraints every one of them accepts."""
+
+    name: str
+    direction: str  # "input" or "output"
+    ports: tuple[Endpoint, ...]
+    spec: PortSpec
+
+    def describe(self) -> str:
+        spec = self.spec.model_dump(exclude_defaults=True,
+                                    exclude={"description", "sample_rate_from_param"})
+        kind = spec.pop("data_type").value
+        extra = "".join(f", {key} {_fmt(values)}" for key, values in spec.items())
+        arrow = "→" if self.direction == "input" else "←"
+        return f"{self.name} {arrow} {', '.join(map(str, self.ports))} ({kind}{extra})"
 
 
 @dataclass(frozen=True)
@@ -241,6 +407,8 @@ class ValidatedPipeline:
     nodes: dict[str, ResolvedNode]
     connections: list[ResolvedConnection]
     order: list[str]  # topological: sources first
+    inputs: dict[str, SessionPort] = field(default_factory=dict)
+    outputs: dict[str, SessionPort] = field(default_factory=dict)
 
 
 def _closest(name: str, known: Iterable[str]) -> str:
@@ -272,8 +440,11 @@ def _resolve_port(
         port = next(iter(ports))
     elif port not in ports:
         names = ", ".join(sorted(ports)) or "none"
+        other = node.manifest.inputs if direction == "from" else node.manifest.outputs
+        hint = f"; {node_id}.{port} is an {'input' if kind == 'output' else 'output'} port" \
+            if port in other else ""
         issues.append(Issue(loc, f"node {node_id!r} ({node.manifest.node_type}) has no {kind} "
-                                 f"port {port!r} (its {kind} ports: {names})"))
+                                 f"port {port!r} (its {kind} ports: {names}){hint}"))
         return None
     return Endpoint(node_id, port)
 
@@ -335,9 +506,10 @@ def validate_pipeline(
         declared[node_cfg.id] = index
         node_type = node_types.get(node_cfg.type)
         if node_type is None:
+            from nodehost.discovery import unknown_type_hint
+
             issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
-                                               f"{_closest(node_cfg.type, node_types)}; "
-                                               "`nodehost nodes` lists the installed ones"))
+                                               f"{unknown_type_hint(node_cfg.type, node_types)}"))
             continue
         manifest = node_type.manifest
         try:
@@ -350,6 +522,7 @@ def validate_pipeline(
             index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
         )
 
+    issues.extend(placement_issues(config))
     if config.max_processes is not None and len(config.nodes) > config.max_processes:
         issues.append(Issue("max_processes", f"the pipeline has {len(config.nodes)} nodes, each "
                                              f"its own process, but max_processes is "
@@ -385,16 +558,125 @@ def validate_pipeline(
             ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
         )
 
+    inputs, outputs = _resolve_session_ports(config, nodes, declared, seen_inputs, issues)
     if len(nodes) == len(config.nodes) and not issues:
+        fed_by_session = {ep for session_input in inputs.values() for ep in session_input.ports}
         for node in nodes.values():
             for port in node.manifest.inputs:
-                if Endpoint(node.id, port) not in seen_inputs:
+                if Endpoint(node.id, port) not in seen_inputs and \
+                        Endpoint(node.id, port) not in fed_by_session:
                     issues.append(Issue(f"nodes[{node.index}]", f"input port {node.id}.{port} "
-                                                                "is not connected"))
+                                                                "is not connected (wire "
+                                                                "it, or feed it from a "
+                                                                "session input)"))
     order = _topological_order(nodes, connections, issues)
     if issues:
         raise ConfigError(issues)
-    return ValidatedPipeline(config, nodes, connections, order)
+    return ValidatedPipeline(config, nodes, connections, order, inputs, outputs)
+
+
+# --------------------------------------------------------------- session inputs and outputs
+
+_CONSTRAINTS = ("sample_rate", "channels", "sample_format", "format", "dtype", "language")
+
+
+def _resolve_session_ports(
+    config: PipelineConfig, nodes: Mapping[str, ResolvedNode], declared: Mapping[str, int],
+    connected: Mapping[Endpoint, int], issues: list[Issue],
+) -> tuple[dict[str, SessionPort], dict[str, SessionPort]]:
+    """Check ``inputs`` and ``outputs`` like connections: every port exists and points the
+    right way, an input port is fed once (by a connection or a session input), one output
+    port is read by one session output, and a fanned-out input's ports agree on what they
+    accept."""
+    inputs: dict[str, SessionPort] = {}
+    fed: dict[Endpoint, str] = {}
+    for name, targets in config.inputs.items():
+        loc = f"inputs.{name}"
+        if name in config.outputs:
+            issues.append(Issue(loc, f"{name!r} names both a session input and a session "
+                                     "output; give them different names"))
+            continue
+        refs = targets
+        ports: list[Endpoint] = []
+        for i, ref in enumerate(refs):
+            where = loc if len(refs) == 1 else f"{loc}[{i}]"
+            port = _resolve_port(ref, where, nodes, declared, "to", issues)
+            if port is None:
+                continue
+            if port in connected:
+                issues.append(Issue(where, f"input {port} is already fed by "
+                                           f"connections[{connected[port]}]; an input port "
+                                           "takes one feed (merge upstream)"))
+            elif port in fed:
+                issues.append(Issue(where, f"input {port} is already fed by {fed[port]}; an "
+                                           "input port takes one feed"))
+            else:
+                fed[port] = where
+                ports.append(port)
+        if ports and len(ports) == len(refs):
+            spec = _common_spec([(p, nodes[p.node].manifest.inputs[p.port]) for p in ports],
+                                loc, issues)
+            if spec is not None:
+                inputs[name] = SessionPort(name, "input", tuple(ports), spec)
+    outputs: dict[str, SessionPort] = {}
+    read: dict[Endpoint, str] = {}
+    for name, ref in config.outputs.items():
+        loc = f"outputs.{name}"
+        port = _resolve_port(ref, loc, nodes, declared, "from", issues)
+        if port is None:
+            continue
+        if port in read:
+            issues.append(Issue(loc, f"output port {port} is already read as session output "
+                                     f"{read[port]!r}; read it once"))
+            continue
+        read[port] = name
+        node = nodes[port.node]
+        spec = node.manifest.outputs[port.port]
+        rates = output_rates(node, spec)
+        spec = spec.model_copy(update={"sample_rate": rates, "sample_rate_from_param": None})
+        outputs[name] = SessionPort(name, "output", (port,), spec)
+    return inputs, outputs
+
+
+def _common_spec(ports: list[tuple[Endpoint, PortSpec]], loc: str,
+                 issues: list[Issue]) -> PortSpec | None:
+    """What one session input may carry so that every port it feeds accepts it."""
+    first, spec = ports[0]
+    update: dict[str, Any] = {}
+    for port, other in ports[1:]:
+        if other.data_type != spec.data_type:
+            issues.append(Issue(loc, f"fans out to {first} ({spec.data_type.value}) and {port} "
+                                     f"({other.data_type.value}): one input carries one data "
+                                     "type; use two session inputs"))
+            return None
+        for what in _CONSTRAINTS:
+            mine = update.get(what, getattr(spec, what))
+            theirs = getattr(other, what)
+            if mine is None or theirs is None:
+                update[what] = theirs if mine is None else mine
+                continue
+            common = [value for value in mine if value in theirs]
+            if not common:
+                label = what.replace("_", " ")
+                issues.append(Issue(loc, f"fans out to {first} and {port}, which accept no "
+                                         f"{label} in common ({first} takes {_fmt(mine)}, "
+                                         f"{port} takes {_fmt(theirs)}); use two session "
+                                         "inputs or insert a converter before one of them"))
+                return None
+            update[what] = common
+    return spec.model_copy(update={**update, "description": ""})
+
+
+def placement_issues(config: PipelineConfig) -> list[Issue]:
+    """Every ``nodes[i].machine`` must name an entry of ``machines:``."""
+    issues = []
+    for index, node in enumerate(config.nodes):
+        if node.machine not in (None, LOCAL_MACHINE) and node.machine not in config.machines:
+            known = ", ".join(sorted(config.machines)) or "none declared"
+            issues.append(Issue(f"nodes[{index}].machine", f"unknown machine {node.machine!r}"
+                                f"{_closest(node.machine, config.machines)} (machines: "
+                                f"{known}); declare it under `machines:`"))
+    return issues
 
 
 def _topological_order(

@@ -6,7 +6,11 @@
     ├── IllegalTransition      a lifecycle or channel state change the model forbids
     ├── WireFormatError        a RuntimeData header or payload that must not be trusted
     ├── ChannelError           a data-plane failure (closed channel, payload too big, ...)
+    │   └── ChannelTimeout     a blocking channel operation timed out (nodehost.channels)
+    │       └── SendTimeout    Session.send found no room in time (also a TimeoutError)
     ├── SessionError           a session could not start or was misused
+    │   └── SessionEnded       the session is over (send/outputs after its end); .result
+    │       └── SessionFailed  ... because it failed: .result names the node and the cause
     └── SandboxError           a sandbox plan that cannot be honoured (nodehost.sandbox)
 """
 
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pydantic is not imported here: errors must stay cheap to import
     from pydantic import ValidationError
+
+    from nodehost.session import SessionResult
 
 
 class NodehostError(Exception):
@@ -39,6 +45,8 @@ def format_loc(loc: Iterable[int | str]) -> str:
     """``("nodes", 2, "params", "x")`` → ``nodes[2].params.x``."""
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker after a mapping key that failed: the key says it
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif not str(part).isidentifier():  # '', 'a.b', 'sample-rate': quoted, unambiguous
@@ -102,3 +110,20 @@ class SessionError(NodehostError):
 
 class HostClosed(SessionError):
     """``Host.start_session`` after ``Host.close()`` or ``Host.cancel()``."""
+
+
+class SessionEnded(SessionError):
+    """The session has ended; ``result`` says how. Its inputs take nothing more."""
+
+    def __init__(self, message: str, result: SessionResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class SessionFailed(SessionEnded):
+    """The session failed (a node crashed, failed or timed out): ``result`` names the node
+    and the cause. Raised by ``send()`` and ``outputs()`` instead of hanging."""
+
+
+class MachineError(SessionError):
+    """Another machine's agent could not be reached, refused a request, or answered falsely."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -14,8 +16,20 @@ if TYPE_CHECKING:
 EmitFn = Callable[[str, "RuntimeData"], None]
 ProgressFn = Callable[[float, str], None]
 
+# The params model of a node type. ``Node`` alone means ``Node[BaseModel]``; a node that
+# declares its params as a pydantic model gets ``self.params.gain`` type-checked:
+#
+#     class GainParams(BaseModel):
+#         gain: float = 1.0
+#
+#     class Gain(nodehost.Node[GainParams]): ...
+#
+# ``self.params`` is then an instance of that model, validated from the params the host
+# checked against the manifest (so the manifest stays what configs are validated against).
+ParamsT = TypeVar("ParamsT", bound="BaseModel", default="BaseModel")
 
-class Node:
+
+class Node(Generic[ParamsT]):
     """One node of a pipeline. Override what your node needs; every method is optional.
 
     - ``initialize()`` loads models; call ``self.progress(fraction, message)`` while it works.
@@ -28,14 +42,14 @@ class Node:
     - ``cleanup()`` releases resources at the end.
     """
 
-    params: BaseModel
+    params: ParamsT
     node_id: str
     session_id: str
     logger: logging.Logger
 
-    def __init__(self, params: BaseModel, *, node_id: str = "node", session_id: str = "local",
+    def __init__(self, params: ParamsT, *, node_id: str = "node", session_id: str = "local",
                  emit: EmitFn | None = None, progress: ProgressFn | None = None) -> None:
-        self.params = params
+        self.params = _as_declared_params(type(self), params)
         self.node_id = node_id
         self.session_id = session_id
         self.logger = logging.getLogger(f"nodehost.node.{node_id}")
@@ -87,3 +101,27 @@ class Node:
         """Report initialization (or other long work) progress, 0.0 .. 1.0."""
         if self._progress_fn is not None:
             self._progress_fn(max(0.0, min(1.0, float(fraction))), str(message))
+
+
+def declared_params_model(cls: type[Node[Any]]) -> type[BaseModel] | None:
+    """The model a node class names in ``Node[Model]``, or None for a plain ``Node``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is Node:
+                (arg,) = typing.get_args(base)
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not BaseModel:
+                    return arg
+    return None
+
+
+def _as_declared_params(cls: type[Node[Any]], params: ParamsT) -> ParamsT:
+    model = declared_params_model(cls)
+    if model is None or params is None or isinstance(params, model):
+        return params
+    dump = getattr(params, "model_dump", None)
+    values = dump() if callable(dump) else params
+    return model.model_validate(values)  # type: ignore[return-value]

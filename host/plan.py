@@ -25,6 +25,15 @@ def channel_name(session_id: str, node_id: str, port: str) -> str:
     return f"nodehost/{session_id}/{node_id}/{port}"
 
 
+def input_channel_name(session_id: str, name: str) -> str:
+    """The channel of a session input ("@" keeps it apart from node ids)."""
+    return f"nodehost/{session_id}/@inputs/{name}"
+
+
+# A session input's channel: the same default as a connection's
+SESSION_INPUT_CAPACITY = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class PortBinding:
     port: str
@@ -32,6 +41,7 @@ class PortBinding:
     capacity: int
     backpressure: bool
     subscribers: int = 1  # for outputs: how many readers the channel feeds
+    host_reads: bool = False  # for outputs: the application reads it (a session output)
 
 
 @dataclass
@@ -49,8 +59,10 @@ class NodeLaunch:
     fs_write: list[str]
     memory_mb: int | None
     plugin_paths: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # the config's, added to the scrubbed one
     tmp_dir: str = ""
     host_pid: int = field(default_factory=os.getpid)
+    stats_interval_s: float = 0.5  # how often the runner reports its figures
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,9 +90,44 @@ def package_paths(entrypoint: str) -> list[str]:
     return [os.path.realpath(spec.origin)] if spec.origin else []
 
 
+@dataclass(frozen=True)
+class HostEnds:
+    """The host's own ends of a session's channels: it writes each session input and reads
+    each session output (as one more subscriber of the node's output channel)."""
+
+    inputs: dict[str, PortBinding]
+    outputs: dict[str, PortBinding]
+
+
+def plan_host_ends(pipeline: ValidatedPipeline, launches: list[NodeLaunch]) -> HostEnds:
+    """The host side of ``plan_session``'s bindings (read from them, so both ends agree)."""
+    by_node = {launch.node_id: launch for launch in launches}
+    inputs = {}
+    for name, session_input in pipeline.inputs.items():
+        target = session_input.ports[0]
+        inputs[name] = next(b for b in by_node[target.node].inputs if b.port == target.port)
+    outputs = {}
+    for name, session_output in pipeline.outputs.items():
+        source = session_output.ports[0]
+        outputs[name] = next(b for b in by_node[source.node].outputs if b.port == source.port)
+    return HostEnds(inputs, outputs)
+
+
 def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunch]:
     outputs: dict[str, dict[str, PortBinding]] = {node_id: {} for node_id in pipeline.nodes}
     inputs: dict[str, list[PortBinding]] = {node_id: [] for node_id in pipeline.nodes}
+    for name, session_input in pipeline.inputs.items():
+        fan_out = len(session_input.ports)
+        for target in session_input.ports:
+            inputs[target.node].append(PortBinding(
+                target.port, input_channel_name(session_id, name), SESSION_INPUT_CAPACITY,
+                True, fan_out))
+    for session_output in pipeline.outputs.values():
+        # the host is one more reader of the node's output channel
+        source = session_output.ports[0]
+        outputs[source.node][source.port] = PortBinding(
+            source.port, channel_name(session_id, source.node, source.port),
+            SESSION_INPUT_CAPACITY, True, 1, host_reads=True)
     for conn in pipeline.connections:
         name = channel_name(session_id, conn.source.node, conn.source.port)
         current = outputs[conn.source.node].get(conn.source.port)
@@ -89,7 +136,7 @@ def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunc
         else:  # fan-out: one channel, the most generous settings of its connections
             merged = PortBinding(conn.source.port, name, max(current.capacity, conn.capacity),
                                  current.backpressure or conn.backpressure,
-                                 current.subscribers + 1)
+                                 current.subscribers + 1, current.host_reads)
         outputs[conn.source.node][conn.source.port] = merged
     for conn in pipeline.connections:
         out = outputs[conn.source.node][conn.source.port]
@@ -113,7 +160,8 @@ def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunc
             network=node.sandbox.network,
             fs_read=list(node.sandbox.fs_read),
             fs_write=list(node.sandbox.fs_write),
-            memory_mb=manifest.resources.memory_mb,
+            memory_mb=node.memory_mb,
             plugin_paths=package_paths(manifest.entrypoint),
+            env=node.env,
         ))
     return launches

@@ -17,11 +17,12 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import resource
 import signal
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -36,7 +37,11 @@ __all__ = [
     "SandboxPlan",
     "apply",
     "ensure_parent",
+    "is_allocation_failure",
+    "memory_limit_hit",
+    "node_env_problem",
     "preexec",
+    "private_memory_bytes",
     "probe",
     "scrubbed_env",
 ]
@@ -316,13 +321,37 @@ _ENV_ALLOW_PREFIXES = ("LC_",)
 _ENV_FORCED = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+# What a pipeline config's per-node ``env`` may not set: the sandbox sets these itself, or they
+# decide which code the node process loads (that comes from the host, not from a config).
+_ENV_SANDBOX_OWNED = {
+    "HOME": "the node's private temp dir",
+    "TMPDIR": "the node's private temp dir",
+    **dict.fromkeys(_ENV_FORCED, "nodes never reach a model hub"),
+}
+_ENV_CODE_PATHS = frozenset({"PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                             "PYTHONSAFEPATH", "PYTHONUSERBASE", "PYTHONNOUSERSITE"})
+
+
+def node_env_problem(name: str) -> str | None:
+    """Why a pipeline config's ``env`` may not set ``name``, or None when it may."""
+    if name in _ENV_SANDBOX_OWNED:
+        return f"{name} is set by the sandbox ({_ENV_SANDBOX_OWNED[name]}) and cannot be changed"
+    if name in _ENV_CODE_PATHS or name.startswith("LD_"):
+        return (f"{name} decides which code the node process loads; it comes from the host's "
+                "environment and cannot be set per node")
+    return None
+
+
 def scrubbed_env(
-    extra: Mapping[str, str] | None = None, *, tmp_dir: str | None = None
+    extra: Mapping[str, str] | None = None, *, tmp_dir: str | None = None,
+    node_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment for a node process: an allow-list of the host's, never its secrets.
 
     With ``tmp_dir``, ``HOME`` and ``TMPDIR`` point at the node's private temp dir (the only
-    place it can write by default). ``extra`` is added last and wins.
+    place it can write by default). ``extra`` (the embedding application's) is added next,
+    then ``node_env`` (the pipeline config's ``env`` of this node, names checked with
+    :func:`node_env_problem`), which wins.
     """
     env = {
         key: value
@@ -335,6 +364,11 @@ def scrubbed_env(
         env["TMPDIR"] = tmp_dir
     if extra:
         env.update(extra)
+    for name, value in (node_env or {}).items():
+        problem = node_env_problem(name)
+        if problem:
+            raise SandboxError(problem)
+        env[name] = value
     return env
 
 
@@ -398,7 +432,7 @@ def _apply_rlimits(plan: SandboxPlan) -> list[str]:
         # not MAP_SHARED ones, so iceoryx2's shared-memory segments (hundreds of MiB of address
         # space) do not eat into the node's budget as they would under RLIMIT_AS.
         limit = plan.memory_mb << 20
-        used = _private_memory_bytes()
+        used = private_memory_bytes()
         if used is not None and used >= limit:
             raise SandboxError(
                 f"resources.memory_mb={plan.memory_mb} is below what the node process uses "
@@ -418,7 +452,53 @@ def _lower_rlimit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _private_memory_bytes() -> int | None:
+# How native libraries word a failed allocation (mkl_malloc, std::bad_alloc, onnxruntime's
+# "Failed to allocate memory", glibc's strerror(ENOMEM), torch's "DefaultCPUAllocator: not
+# enough memory"): under RLIMIT_DATA they are the limit speaking, whatever the wording.
+_ALLOCATION_FAILURE = re.compile(
+    r"MemoryError|bad_alloc|mkl_malloc|fail(?:ed)? to allocate|cannot allocate memory|"
+    r"out of memory|not enough memory|ENOMEM|allocation failed", re.IGNORECASE)
+NEAR_LIMIT = 0.95  # any failure with private memory this close to the limit counts as hitting it
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_allocation_failure(error: BaseException | str) -> bool:
+    """Whether an error (its chain, or a native library's text) says an allocation failed."""
+    if isinstance(error, str):
+        return bool(_ALLOCATION_FAILURE.search(error))
+    for exc in _exception_chain(error):
+        if isinstance(exc, MemoryError):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        if _ALLOCATION_FAILURE.search(f"{type(exc).__name__}: {exc}"):
+            return True
+    return False
+
+
+def memory_limit_hit(error: BaseException, memory_mb: int | None) -> int | None:
+    """This process's private memory (bytes) when ``error`` came from hitting its limit.
+
+    Call in the failing process, while the error's frames still hold what was allocated.
+    A failed allocation is the limit speaking; so is any failure at the limit's edge.
+    """
+    if memory_mb is None:
+        return None
+    used = private_memory_bytes() or 0
+    if is_allocation_failure(error) or used >= NEAR_LIMIT * (memory_mb << 20):
+        return used
+    return None
+
+
+def private_memory_bytes() -> int | None:
     """VmData of this process: exactly what RLIMIT_DATA is compared with."""
     with contextlib.suppress(OSError), open("/proc/self/status") as status:
         for line in status:

@@ -1,8 +1,23 @@
-"""Test kit for nodehost and its plugins: run nodes for real, and fail the test that leaks.
+"""Test kit for nodehost and its plugins: run nodes in-process or for real, and fail the
+test that leaks.
 
-Needs pytest (``pip install nodehost[test]``). In a plugin's ``tests/conftest.py``::
+**In-process** (no processes, no shared memory; no pytest needed, so it also works inside a
+node's own built environment)::
 
-    from nodehost.testing import host, tmp_out  # noqa: F401  (fixtures)
+    from nodehost.testing import NodeHarness
+
+    gain = NodeHarness("Gain", gain=2.0)       # manifest found among the installed plugins
+    out = gain.feed([nodehost.RuntimeData.audio(samples, sample_rate=16000)])
+
+``NodeHarness`` builds the node the way the runner does (params validated against its
+manifest, ``emit`` and ``progress`` captured), calls ``initialize()``, and ``feed()`` /
+``generate()`` return everything the node produced. ``package=`` reads the manifest from a
+package's ``manifests/`` folder instead of the installed plugins.
+
+**Real sessions** need pytest (``pip install nodehost[test]``). In a plugin's
+``tests/conftest.py``::
+
+    from nodehost.testing import host, make_node, tmp_out  # noqa: F401  (fixtures)
 
 then in a test::
 
@@ -19,19 +34,148 @@ node processes are still running or iceoryx2 shared-memory files were left behin
 
 from __future__ import annotations
 
+import functools
 import glob
+import importlib
+import importlib.util
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import psutil
-import pytest
 
-__all__ = ["Run", "chain", "child_processes", "host", "leaked_shm_files", "run", "shm_files",
-           "sink", "source", "tmp_out"]
+if TYPE_CHECKING:
+    from nodehost.data import RuntimeData
+    from nodehost.manifest import NodeManifest
+
+__all__ = ["Emitted", "NodeHarness", "Run", "as_list", "audio_chunks", "chain",
+           "child_processes", "host", "joined", "leaked_shm_files", "load_manifest",
+           "make_node", "run", "shm_files", "sine", "sink", "source", "tmp_out"]
+
+
+# --------------------------------------------------------------------------- in-process
+
+@functools.cache
+def _installed_manifests() -> dict[str, NodeManifest]:
+    from nodehost.discovery import discover
+
+    return {name: t.manifest for name, t in discover().node_types.items()}
+
+
+def load_manifest(node_type: str, package: str | None = None) -> NodeManifest:
+    """``node_type``'s manifest: from ``package``'s ``manifests/`` folder when given (no
+    plugin discovery: works where the plugin is not installed, e.g. in a node's own
+    environment), else from the installed plugins."""
+    from nodehost.discovery import _as_manifest, manifests_in
+
+    if package is None:
+        try:
+            return _installed_manifests()[node_type]
+        except KeyError:
+            raise LookupError(f"no installed plugin provides node type {node_type!r}; "
+                              "`nodehost nodes` lists them") from None
+    for path in manifests_in(package):
+        manifest, _source = _as_manifest(path)
+        if manifest.node_type == node_type:
+            return manifest
+    raise LookupError(f"no manifest of node type {node_type!r} in {package}")
+
+
+def as_list(result: Any) -> list[Any]:
+    """What ``process()``/``end_of_stream()``/``generate()`` returned, as a list (the way the
+    runner reads it: None → nothing, one RuntimeData, or an iterable of them)."""
+    from nodehost.data import RuntimeData
+
+    if result is None:
+        return []
+    if isinstance(result, RuntimeData):
+        return [result]
+    return list(result)
+
+
+class Emitted(NamedTuple):
+    """One ``self.emit(port, data)`` call, with ``time.monotonic()`` when it happened."""
+
+    port: str
+    data: RuntimeData
+    at: float
+
+
+class NodeHarness:
+    """One node in this process, built as the runner builds it: params validated against the
+    manifest, ``emit`` and ``progress`` captured. ``initialize()`` runs at once unless
+    ``initialize=False``. Async node methods are not awaited here: test those in a session."""
+
+    def __init__(self, node_type: str, /, *, package: str | None = None,
+                 node_id: str | None = None, initialize: bool = True,
+                 **params: Any) -> None:
+        self.manifest = load_manifest(node_type, package)
+        module_name, _, class_name = self.manifest.entrypoint.partition(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        self.emitted: list[Emitted] = []
+        self.progress: list[tuple[float, str]] = []
+        self.node = cls(self.manifest.params_model(**params),
+                        node_id=node_id or node_type.lower(),
+                        emit=lambda port, data: self.emitted.append(
+                            Emitted(port, data, time.monotonic())),
+                        progress=lambda f, m: self.progress.append((f, m)))
+        if initialize:
+            self.node.initialize()
+
+    def process(self, data: RuntimeData, port: str = "in") -> list[Any]:
+        """One ``process()`` call: what it returned, then what it emitted meanwhile."""
+        before = len(self.emitted)
+        out = as_list(self.node.process(data, port))
+        return out + [e.data for e in self.emitted[before:]]
+
+    def feed(self, items: Iterable[RuntimeData], port: str = "in") -> list[Any]:
+        """``process()`` each item, then ``end_of_stream(port)`` and ``cleanup()``: every
+        message the node produced (returned ones first, then the ones it emitted)."""
+        before = len(self.emitted)
+        out: list[Any] = []
+        for item in items:
+            out += as_list(self.node.process(item, port))
+        out += as_list(self.node.end_of_stream(port))
+        self.node.cleanup()
+        return out + [e.data for e in self.emitted[before:]]
+
+    def generate(self) -> list[Any]:
+        """A source node's whole stream, then ``cleanup()``."""
+        out = list(self.node.generate())
+        self.node.cleanup()
+        return out
+
+
+# Audio test signals, for audio nodes' tests.
+
+def sine(freq: float, seconds: float, rate: int, channels: int = 1,
+         amp: float = 0.5) -> np.ndarray:
+    """A float32 sine wave, ``(frames,)`` for mono or ``(frames, channels)``."""
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return mono if channels == 1 else np.repeat(mono[:, None], channels, axis=1)
+
+
+def audio_chunks(samples: np.ndarray, size: int, rate: int) -> list[RuntimeData]:
+    """``samples`` as audio messages of ``size`` frames each (the last may be shorter)."""
+    from nodehost.data import RuntimeData
+
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    return [RuntimeData.audio(samples[i:i + size], sample_rate=rate, channels=channels)
+            for i in range(0, len(samples), size)]
+
+
+def joined(items: list[Any]) -> np.ndarray:
+    """All samples of audio messages as one ``(frames, channels)`` array."""
+    if not items:
+        return np.zeros((0, 1), np.float32)
+    return np.concatenate([np.asarray(d.as_array()).reshape(-1, d.metadata.channels or 1)
+                           for d in items])
 
 
 # --------------------------------------------------------------------------- leak checks
@@ -95,10 +239,29 @@ def child_processes() -> list[psutil.Process]:
 
 # --------------------------------------------------------------------------- fixtures
 
-@pytest.fixture
-def host() -> Iterator[Any]:
-    """A real Host over the installed plugins; fails the test that leaves node processes or
-    shared-memory files behind."""
+# Without pytest (a node's own environment) the in-process harness above still works.
+if importlib.util.find_spec("pytest") is not None:
+    import pytest
+
+    @pytest.fixture
+    def make_node() -> Callable[..., NodeHarness]:
+        """``make_node("Gain", gain=2.0)``: an initialized node of an installed plugin."""
+        return NodeHarness
+
+    @pytest.fixture
+    def host() -> Iterator[Any]:
+        """A real Host over the installed plugins; fails the test that leaves node processes or
+        shared-memory files behind."""
+        yield from _host()
+
+    @pytest.fixture
+    def tmp_out(tmp_path: Path) -> Path:
+        """A temp folder node processes can reach (pytest makes it 0700)."""
+        os.chmod(tmp_path, 0o755)
+        return tmp_path
+
+
+def _host() -> Iterator[Any]:
     import nodehost
 
     before = shm_files()
@@ -109,13 +272,6 @@ def host() -> Iterator[Any]:
     new_files = leaked_shm_files(before)
     assert not new_files or _foreign_nodes(), \
         f"shared-memory files left behind: {sorted(new_files)}"
-
-
-@pytest.fixture
-def tmp_out(tmp_path: Path) -> Path:
-    """A temp folder node processes can reach (pytest makes it 0700)."""
-    os.chmod(tmp_path, 0o755)
-    return tmp_path
 
 
 # --------------------------------------------------------------------------- sessions
@@ -138,11 +294,11 @@ class Run:
         return pids
 
     def stats(self, node: str) -> dict[str, Any]:
-        """The node's last reported counters (received, sent, ...)."""
+        """The node's figures in the session's last ``stats`` event (received, sent, ...)."""
         last: dict[str, Any] = {}
         for e in self.events:
-            if e["event"] == "status" and e["node"] == node and e.get("stats"):
-                last = e["stats"]
+            if e["event"] == "stats" and node in e["nodes"]:
+                last = e["nodes"][node]
         return last
 
     def assert_ok(self) -> None:

@@ -45,6 +45,12 @@ def test_run_plain_output_summarises(tmp_out: Path) -> None:
     proc = nodehost("run", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "READY AFTER" in proc.stdout and ": ok in" in proc.stdout
+    # Not a terminal: no line per state change, no sandbox list per node (--events log has
+    # them), only the nodes' logs, errors and the summary.
+    assert "Initializing" not in proc.stdout and "sandbox=" not in proc.stdout
+    assert len(proc.stdout.splitlines()) <= 12, proc.stdout
+    full = nodehost("run", str(cfg), "--events", "log")
+    assert full.returncode == 0 and "Initializing" in full.stdout and "sandbox=" in full.stdout
 
 
 def test_run_failure_exits_1_naming_the_node(tmp_out: Path) -> None:

@@ -18,7 +18,7 @@ def hostile(host: Any, tmp_out: Path, attempt: str, target: str = "",
         node["sandbox"] = grant
     config = {
         "name": f"hostile-{attempt}",
-        "nodes": [node, {"id": "log", "type": "TextSink", "params": {"out_path": str(out)},
+        "nodes": [node, {"id": "log", "type": "TextSink", "params": {"path": str(out)},
                          "sandbox": {"fs_write": [str(out)]}}],
         "connections": [{"from": "evil", "to": "log"}],
     }

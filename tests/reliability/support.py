@@ -78,7 +78,7 @@ def text_pipeline(out: Path, source: dict[str, Any], name: str = "escape") -> di
     """``source`` (a text source such as Hostile or Intruder) → TextSink writing to ``out``."""
     return {
         "name": name,
-        "nodes": [source, {"id": "log", "type": "TextSink", "params": {"out_path": str(out)},
+        "nodes": [source, {"id": "log", "type": "TextSink", "params": {"path": str(out)},
                            "sandbox": {"fs_write": [str(out)]}}],
         "connections": [{"from": source["id"], "to": "log"}],
     }

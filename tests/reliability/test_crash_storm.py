@@ -66,7 +66,8 @@ def expected_cause(kind: str, position: str) -> str:
         "process_exception": rf"failed in {stage}\(\): ValueError: injected failure after "
                              r"\d+ messages",
         "hang_init": rf"did not become Ready within init_timeout_s={HANG_INIT_TIMEOUT_S:g} s",
-        "memory": r"memory limit exceeded \(256 MiB\): MemoryError|exceeded its memory limit",
+        "memory": rf"hit its memory limit of 256 MiB in {stage}\(\) \(raise "
+                  r"nodes\[\d+\]\.resources\.memory_mb\); the error: MemoryError",
     }[kind]
 
 
@@ -367,7 +368,7 @@ def test_killed_host_leaves_no_forked_children(tmp_out: Path) -> None:
                          "hold_s": 120.0}}
     config = {"name": "hostcrash-forks",
               "nodes": [forker, {"id": "log", "type": "TextSink",
-                                 "params": {"out_path": str(out)},
+                                 "params": {"path": str(out)},
                                  "sandbox": {"fs_write": [str(out)]}}],
               "connections": [{"from": "forker", "to": "log"}]}
     _, sids = kill_host_with([config], [["log", "Processing"]])

@@ -1,5 +1,3 @@
-from audio_harness import make
+from nodehost.testing import host, make_node, tmp_out
 
-from nodehost.testing import host, tmp_out
-
-__all__ = ["host", "make", "tmp_out"]
+__all__ = ["host", "make_node", "tmp_out"]

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from audio_harness import Harness, chunks, joined, load_manifest, sine
 
 import nodehost
+from nodehost.testing import NodeHarness, joined, load_manifest, sine
+from nodehost.testing import audio_chunks as chunks
+
+Make = Callable[..., NodeHarness]  # the make_node fixture
 
 RUN_MS = 10
 
@@ -26,7 +29,7 @@ def test_plugin_returns_every_manifest_and_all_are_valid() -> None:
     from nodehost_audio import plugin
 
     paths = plugin.nodehost_node_manifests()
-    names = {load_manifest("nodehost_audio", t).node_type for t in
+    names = {load_manifest(t, "nodehost_audio").node_type for t in
              ("WavSource", "WavSink", "Resample", "AudioChunker", "AudioBuffer", "Gain")}
     assert len(paths) == len(names) == 6
 
@@ -42,7 +45,7 @@ def test_plugin_module_imports_no_node_code_or_heavy_libraries() -> None:
 
 
 def test_resample_manifest_derives_its_output_rate_from_a_param() -> None:
-    manifest = load_manifest("nodehost_audio", "Resample")
+    manifest = load_manifest("Resample", "nodehost_audio")
     assert manifest.outputs["out"].sample_rate_from_param == "sample_rate"
     assert manifest.params["sample_rate"].required
 
@@ -50,27 +53,27 @@ def test_resample_manifest_derives_its_output_rate_from_a_param() -> None:
 # --- Gain ------------------------------------------------------------------------------------
 
 
-def test_gain_scales_and_keeps_format(make: Callable[..., Harness]) -> None:
+def test_gain_scales_and_keeps_format(make_node: Make) -> None:
     stereo = sine(440, 0.1, 24000, channels=2)
-    out = make("Gain", gain=2.0).feed(chunks(stereo, 480, 24000))
+    out = make_node("Gain", gain=2.0).feed(chunks(stereo, 480, 24000))
     assert {(d.metadata.sample_rate, d.metadata.channels) for d in out} == {(24000, 2)}
     np.testing.assert_allclose(joined(out), stereo * 2, rtol=1e-6)
 
 
-def test_gain_clip(make: Callable[..., Harness]) -> None:
-    out = make("Gain", gain=4.0, clip=True).feed(chunks(sine(440, 0.05, 16000), 160, 16000))
+def test_gain_clip(make_node: Make) -> None:
+    out = make_node("Gain", gain=4.0, clip=True).feed(chunks(sine(440, 0.05, 16000), 160, 16000))
     assert np.abs(joined(out)).max() == pytest.approx(1.0)
 
 
 def test_gain_rejects_negative_factor() -> None:
     with pytest.raises(ValueError, match="greater than or equal"):
-        Harness("nodehost_audio", "Gain", gain=-1.0)
+        NodeHarness("Gain", gain=-1.0)
 
 
 # --- Resample --------------------------------------------------------------------------------
 
 
-def test_resample_streaming_is_seamless(make: Callable[..., Harness]) -> None:
+def test_resample_streaming_is_seamless(make_node: Make) -> None:
     rate_in, rate_out = 48000, 16000
     signal = sine(440, 1.0, rate_in)
     # Odd chunk sizes: every boundary falls at a different filter phase.
@@ -84,7 +87,7 @@ def test_resample_streaming_is_seamless(make: Callable[..., Harness]) -> None:
     if pos < len(signal):
         pieces.append(signal[pos:])
     items = [nodehost.RuntimeData.audio(p, sample_rate=rate_in) for p in pieces]
-    out = make("Resample", sample_rate=rate_out).feed(items)
+    out = make_node("Resample", sample_rate=rate_out).feed(items)
     assert {d.metadata.sample_rate for d in out} == {rate_out}
     streamed = joined(out)[:, 0]
     one_shot = soxr.resample(signal, rate_in, rate_out)
@@ -94,16 +97,16 @@ def test_resample_streaming_is_seamless(make: Callable[..., Harness]) -> None:
     np.testing.assert_allclose(streamed[:n], one_shot[:n], atol=1e-5)
 
 
-def test_resample_same_rate_forwards_the_message(make: Callable[..., Harness]) -> None:
+def test_resample_same_rate_forwards_the_message(make_node: Make) -> None:
     items = chunks(sine(440, 0.1, 16000), 512, 16000)
-    out = make("Resample", sample_rate=16000).feed(items)
+    out = make_node("Resample", sample_rate=16000).feed(items)
     assert [id(d) for d in out] == [id(d) for d in items]
 
 
-def test_resample_stereo_and_rate_change_mid_stream(make: Callable[..., Harness]) -> None:
+def test_resample_stereo_and_rate_change_mid_stream(make_node: Make) -> None:
     first = chunks(sine(440, 0.5, 44100, channels=2), 441, 44100)
     second = chunks(sine(440, 0.5, 22050, channels=2), 441, 22050)
-    out = make("Resample", sample_rate=8000).feed(first + second)
+    out = make_node("Resample", sample_rate=8000).feed(first + second)
     assert {(d.metadata.sample_rate, d.metadata.channels) for d in out} == {(8000, 2)}
     # Both halves flushed completely: 0.5 s each at 8 kHz.
     assert abs(len(joined(out)) - 8000) <= 2
@@ -112,7 +115,7 @@ def test_resample_stereo_and_rate_change_mid_stream(make: Callable[..., Harness]
 # --- AudioChunker ----------------------------------------------------------------------------
 
 
-def test_chunker_makes_fixed_frames_and_pads_the_last(make: Callable[..., Harness]) -> None:
+def test_chunker_makes_fixed_frames_and_pads_the_last(make_node: Make) -> None:
     signal = sine(300, 1.0, 16000)
     rng = np.random.default_rng(0)
     pieces, pos = [], 0
@@ -120,15 +123,15 @@ def test_chunker_makes_fixed_frames_and_pads_the_last(make: Callable[..., Harnes
         size = int(rng.integers(1, 2000))
         pieces.append(nodehost.RuntimeData.audio(signal[pos:pos + size], sample_rate=16000))
         pos += size
-    out = make("AudioChunker", chunk_ms=32).feed(pieces)
+    out = make_node("AudioChunker", chunk_ms=32).feed(pieces)
     assert {len(d.as_array()) for d in out} == {512}
     flat = joined(out)[:, 0]
     np.testing.assert_array_equal(flat[:len(signal)], signal)
     assert not flat[len(signal):].any()
 
 
-def test_chunker_chunk_samples_and_no_padding(make: Callable[..., Harness]) -> None:
-    out = make("AudioChunker", chunk_samples=100, pad_last=False).feed(
+def test_chunker_chunk_samples_and_no_padding(make_node: Make) -> None:
+    out = make_node("AudioChunker", chunk_samples=100, pad_last=False).feed(
         chunks(sine(300, 0.0255, 16000), 77, 16000))  # 408 samples
     assert [len(d.as_array()) for d in out] == [100, 100, 100, 100, 8]
 
@@ -141,8 +144,8 @@ def _segment(seconds: float, value: float, rate: int = 16000) -> nodehost.Runtim
                                       sample_rate=rate)
 
 
-def test_buffer_merges_short_segments_into_an_utterance(make: Callable[..., Harness]) -> None:
-    node = make("AudioBuffer", min_utterance_ms=1000, silence_ms=100)
+def test_buffer_merges_short_segments_into_an_utterance(make_node: Make) -> None:
+    node = make_node("AudioBuffer", min_utterance_ms=1000, silence_ms=100)
     assert node.node.process(_segment(0.3, 0.1), "in") == []
     assert node.node.process(_segment(0.4, 0.2), "in") == []
     out = node.node.process(_segment(0.5, 0.3), "in")
@@ -154,14 +157,15 @@ def test_buffer_merges_short_segments_into_an_utterance(make: Callable[..., Harn
     assert node.node.end_of_stream("in") == []
 
 
-def test_buffer_flushes_at_end_of_stream_and_max_length(make: Callable[..., Harness]) -> None:
-    out = make("AudioBuffer", min_utterance_ms=5000, max_utterance_ms=1000, silence_ms=0).feed(
+def test_buffer_flushes_at_end_of_stream_and_max_length(make_node: Make) -> None:
+    out = make_node("AudioBuffer", min_utterance_ms=5000, max_utterance_ms=1000, silence_ms=0).feed(
         [_segment(0.6, 0.1), _segment(0.6, 0.2), _segment(0.2, 0.3)])
     assert [len(d.as_array()) for d in out] == [9600, 12800]
 
 
-def test_buffer_drops_blips(make: Callable[..., Harness]) -> None:
-    out = make("AudioBuffer", min_utterance_ms=5000, drop_below_ms=300).feed([_segment(0.1, 0.1)])
+def test_buffer_drops_blips(make_node: Make) -> None:
+    out = make_node("AudioBuffer", min_utterance_ms=5000, drop_below_ms=300).feed(
+        [_segment(0.1, 0.1)])
     assert out == []
 
 
@@ -176,26 +180,26 @@ def stereo_wav(tmp_path: Path) -> Path:
 
 
 def test_wav_source_reads_the_file_in_chunks(
-        make: Callable[..., Harness], stereo_wav: Path) -> None:
-    out = make("WavSource", path=str(stereo_wav), chunk_ms=20).generate()
+        make_node: Make, stereo_wav: Path) -> None:
+    out = make_node("WavSource", path=str(stereo_wav), chunk_ms=20).generate()
     assert {(d.metadata.sample_rate, d.metadata.channels) for d in out} == {(44100, 2)}
     assert [len(d.as_array()) for d in out[:2]] == [882, 882]
     np.testing.assert_array_equal(joined(out), sf.read(stereo_wav, dtype="float32")[0])
 
 
-def test_wav_source_mono_downmix_and_flac(make: Callable[..., Harness], tmp_path: Path) -> None:
+def test_wav_source_mono_downmix_and_flac(make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "in.flac"
     left, right = sine(440, 0.2, 16000), sine(880, 0.2, 16000)
     sf.write(path, np.stack([left, right], axis=1), 16000, subtype="PCM_24")
-    out = make("WavSource", path=str(path), mono=True).generate()
+    out = make_node("WavSource", path=str(path), mono=True).generate()
     assert {d.metadata.channels for d in out} == {1}
     np.testing.assert_allclose(joined(out)[:, 0], (left + right) / 2, atol=1e-4)
 
 
-def test_wav_source_realtime_pacing(make: Callable[..., Harness], tmp_path: Path) -> None:
+def test_wav_source_realtime_pacing(make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "short.wav"
     sf.write(path, sine(440, 0.3, 16000), 16000)
-    source = make("WavSource", path=str(path), chunk_ms=RUN_MS, realtime=True)
+    source = make_node("WavSource", path=str(path), chunk_ms=RUN_MS, realtime=True)
     started = time.monotonic()
     out = source.generate()
     elapsed = time.monotonic() - started
@@ -206,20 +210,20 @@ def test_wav_source_realtime_pacing(make: Callable[..., Harness], tmp_path: Path
 
 def test_wav_source_missing_file_fails_initialize(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"nope\.wav"):
-        Harness("nodehost_audio", "WavSource", path=str(tmp_path / "nope.wav"))
+        NodeHarness("WavSource", path=str(tmp_path / "nope.wav"))
 
 
-def test_wav_sink_writes_what_it_receives(make: Callable[..., Harness], tmp_path: Path) -> None:
+def test_wav_sink_writes_what_it_receives(make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "out.wav"
     signal = sine(440, 0.25, 22050, amp=0.5)
-    make("WavSink", path=str(path)).feed(chunks(signal, 441, 22050))
+    make_node("WavSink", path=str(path)).feed(chunks(signal, 441, 22050))
     written, rate = sf.read(path, dtype="float32")
     assert rate == 22050 and sf.info(str(path)).subtype == "PCM_16"
     np.testing.assert_allclose(written, signal, atol=1 / 32768 + 1e-6)
 
 
-def test_wav_sink_rejects_a_format_change(make: Callable[..., Harness], tmp_path: Path) -> None:
-    sink = make("WavSink", path=str(tmp_path / "out.wav"))
+def test_wav_sink_rejects_a_format_change(make_node: Make, tmp_path: Path) -> None:
+    sink = make_node("WavSink", path=str(tmp_path / "out.wav"))
     sink.node.process(chunks(sine(440, 0.01, 16000), 160, 16000)[0], "in")
     with pytest.raises(ValueError, match="Resample"):
         sink.node.process(chunks(sine(440, 0.01, 22050), 220, 22050)[0], "in")
@@ -227,18 +231,18 @@ def test_wav_sink_rejects_a_format_change(make: Callable[..., Harness], tmp_path
 
 
 def test_wav_sink_without_input_leaves_a_valid_empty_file(
-        make: Callable[..., Harness], tmp_path: Path) -> None:
+        make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "out.wav"
     path.touch()  # the sandbox pre-creates granted files: the sink must overwrite, not append
-    make("WavSink", path=str(path)).feed([])
+    make_node("WavSink", path=str(path)).feed([])
     info = sf.info(str(path))
     assert (info.frames, info.samplerate) == (0, 16000)
 
 
 def test_wav_sink_cleanup_finalizes_an_interrupted_file(
-        make: Callable[..., Harness], tmp_path: Path) -> None:
+        make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "out.wav"
-    sink = make("WavSink", path=str(path), subtype="FLOAT")
+    sink = make_node("WavSink", path=str(path), subtype="FLOAT")
     sink.node.process(chunks(sine(440, 0.1, 16000), 1600, 16000)[0], "in")
     sink.node.cleanup()  # a session stopped early: no end_of_stream
     assert sf.info(str(path)).frames == 1600

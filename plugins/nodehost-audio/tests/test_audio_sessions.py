@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from audio_harness import sine
 
-from nodehost.testing import chain, run, sink, source
+from nodehost.testing import chain, run, sine, sink, source
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:

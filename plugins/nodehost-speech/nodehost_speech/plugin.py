@@ -6,7 +6,6 @@ imported only inside that node's own sandboxed process.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 import nodehost
@@ -14,5 +13,4 @@ import nodehost
 
 @nodehost.hookimpl
 def nodehost_node_manifests() -> list[Traversable]:
-    folder = files("nodehost_speech") / "manifests"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+    return nodehost.manifests_in(__package__)

@@ -68,7 +68,7 @@ DEMO_KEYWORDS = {"fox", "library", "tuesday"}
 
 
 def test_demo_runs_end_to_end_and_its_reply_says_the_words_back(
-        host: Any, tmp_out: Path, make: Any) -> None:
+        host: Any, tmp_out: Path, make_node: Any) -> None:
     import numpy as np
     import soundfile as sf
     import soxr
@@ -99,6 +99,6 @@ def test_demo_runs_end_to_end_and_its_reply_says_the_words_back(
     assert rate == 22050 and len(reply) > rate
     # Transcribed again, the reply carries the words of the input.
     audio = soxr.resample(reply, rate, 16000).astype(np.float32)
-    text = " ".join(d.as_text() for d in make("WhisperASR").feed(
+    text = " ".join(d.as_text() for d in make_node("WhisperASR").feed(
         [nodehost.RuntimeData.audio(audio, sample_rate=16000)]))
     assert len(keywords_heard(text, DEMO_KEYWORDS)) >= 2, text

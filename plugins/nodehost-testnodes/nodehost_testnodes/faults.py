@@ -49,3 +49,33 @@ class Faulty(nodehost.Node):
             hog = []
             while True:  # grows until the memory limit stops it
                 hog.append(bytearray(64 * 1024 * 1024))
+
+
+class MemoryHog(nodehost.Node):
+    """Allocates until the memory limit stops it, the way Python or a C library meets it."""
+
+    def initialize(self) -> None:
+        self.hog: list[object] = []
+        if self.params.stage == "initialize":
+            self.allocate()
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        if self.params.stage == "process":
+            self.allocate()
+        return data
+
+    def allocate(self) -> None:
+        size = self.params.chunk_mb << 20
+        blocks = self.params.total_mb // self.params.chunk_mb or None  # None: until stopped
+        malloc = ctypes.CDLL(None).malloc
+        malloc.restype = ctypes.c_void_p
+        malloc.argtypes = (ctypes.c_size_t,)
+        while blocks is None or len(self.hog) < blocks:
+            if self.params.how == "python":  # MemoryError from the interpreter
+                self.hog.append(bytearray(size))
+                continue
+            block = malloc(size)
+            if not block:  # what a native library turns into its own error, like mkl_malloc
+                raise RuntimeError("hog_malloc: failed to allocate memory")
+            ctypes.memset(block, 1, size)
+            self.hog.append(block)

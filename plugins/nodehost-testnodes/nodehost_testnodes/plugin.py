@@ -1,12 +1,16 @@
-"""Registers the test node types. Imports no node code: the host only reads manifests."""
+"""The nodehost plugin of nodehost-testnodes: it only points the host at the manifests.
 
-from importlib.resources import files
-from typing import Any
+Node code is never imported here: the host reads manifests, and each node's entrypoint is
+imported only inside that node's own sandboxed process.
+"""
+
+from __future__ import annotations
+
+from importlib.resources.abc import Traversable
 
 import nodehost
 
 
 @nodehost.hookimpl
-def nodehost_node_manifests() -> list[Any]:
-    folder = files("nodehost_testnodes") / "manifests"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+def nodehost_node_manifests() -> list[Traversable]:
+    return nodehost.manifests_in(__package__)

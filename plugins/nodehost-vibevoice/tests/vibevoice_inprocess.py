@@ -8,42 +8,24 @@ what came out as one JSON line.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-import yaml
-
-
-def _runtime_data() -> None:
-    """The data plane's RuntimeData when it exists; else the audio plugin tests' stand-in."""
-    try:
-        importlib.import_module("nodehost.data")
-    except ImportError:
-        here = Path(__file__).resolve()
-        sys.path.insert(0, str(here.parents[2] / "nodehost-audio" / "tests"))
-        importlib.import_module("audio_harness")
 
 
 def main(workdir: str) -> None:
-    _runtime_data()
     from nodehost_vibevoice import tiny
     from nodehost_vibevoice.node import REALTIME_AVAILABLE
 
     import nodehost
-    from nodehost.manifest import NodeManifest
+    from nodehost.testing import NodeHarness
 
     started = time.monotonic()
     checkpoint = tiny.build(Path(workdir) / "vibevoice-tiny")
     build_s = time.monotonic() - started
-    manifest_file = files("nodehost_vibevoice") / "manifests" / "vibevoice_tts.yaml"
-    manifest = NodeManifest.model_validate(yaml.safe_load(manifest_file.read_text()))
-    module_name, class_name = manifest.entrypoint.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
 
     # A voice to clone: half a second of a 24 kHz tone written as a WAV file.
     import soundfile
@@ -56,28 +38,26 @@ def main(workdir: str) -> None:
     for label, extra in (("plain", {}), ("voice", {"voice": str(voice)})):
         # float32: a tiny random model in bfloat16 rounds its tied logits apart and may stop
         # at once (the real checkpoints are trained in bfloat16, the node's default).
-        params = manifest.params_model(checkpoint=str(checkpoint), max_new_tokens=12,
-                                       dtype="float32",
-                                       inference_steps=3, chunk_frames=2, seed=0, **extra)
-        out: list[tuple[float, object]] = []
-        t0 = [0.0]
-        node = cls(params, node_id="tts",
-                   emit=lambda port, data, out=out, t0=t0: out.append(
-                       (time.monotonic() - t0[0], data)),
-                   progress=lambda f, m: None)
+        harness = NodeHarness("VibeVoiceTTS", package="nodehost_vibevoice", node_id="tts",
+                              initialize=False, checkpoint=str(checkpoint), max_new_tokens=12,
+                              dtype="float32", inference_steps=3, chunk_frames=2, seed=0,
+                              **extra)
+        node = harness.node
         loaded = time.monotonic()
         node.initialize()
         load_s = time.monotonic() - loaded
-        t0[0] = time.monotonic()
+        t0 = time.monotonic()
+        emitted = harness.emitted
         # "Hello there." completes a sentence: it is spoken while " How are" waits for more.
         pieces = ["Hel", "lo there.", " How are"]
         spoken_during_process = []
         for piece in pieces:
             list(node.process(nodehost.RuntimeData.text(piece), "in"))
-            spoken_during_process.append(len(out))
+            spoken_during_process.append(len(emitted))
         list(node.end_of_stream("in"))
-        total = time.monotonic() - t0[0]
+        total = time.monotonic() - t0
         node.cleanup()
+        out = [(e.at - t0, e.data) for e in emitted]
         results[label] = {
             "load_s": load_s,
             "seconds": total,
