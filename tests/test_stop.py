@@ -131,3 +131,30 @@ def test_every_session_is_listed_until_it_ends_and_never_after(tmp_out: Path) ->
         for session in sessions:
             assert not session.wait(timeout=120).ok
         assert host.sessions() == []
+
+
+def test_a_source_blocked_by_a_sink_that_never_reads_obeys_stop_at_once(
+        tmp_out: Path) -> None:
+    """The sink sleeps in its first process() (deaf until the grace ends); the source is
+    blocked on the full channel. The source's stop must not wait for anything: it wakes on
+    its control socket, cleans up and exits 0 while the sink still holds the session."""
+    config = probe_chain(tmp_out / "r.json", count=10**6, payload=1 << 14, middle=[],
+                         stop_grace_s=3.0)
+    config["nodes"][-1]["params"]["delay_ms"] = 600_000.0
+    with nodehost.Host() as host:
+        session = host.start_session(config)
+        for event in session.events(timeout=120):
+            if event["event"] == "status" and event["node"] == "sink" \
+                    and event["status"] == "Processing":
+                break
+        result = session.stop("operator stop", timeout=120)
+        events = list(session.events(timeout=5))
+    stopped = {e["node"]: e["ts"] for e in events
+               if e["event"] == "status" and e["status"] == "Stopped"}
+    processes = session.processes()
+    assert result.reason == "operator stop" and result.failed_node is None
+    assert processes["src"].exit_code == 0  # woke from backpressure, ran cleanup, exited
+    overran = [e["node"] for e in events if e["event"] == "log" and "stop_grace_s" in
+               e["message"]]
+    assert overran == ["sink"]  # only the deaf sink needed the SIGTERM at the grace's end
+    assert stopped["src"] < stopped["sink"]
