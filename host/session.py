@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from nodehost import control, stats
+from nodehost import protocol, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
 from nodehost.endpoints import SessionIO, open_ends
@@ -50,6 +50,7 @@ from nodehost.lifecycle import (
 )
 from nodehost.nodelog import NodeOutput
 from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
+from nodehost.protocol import Cause, ExitCode, Kind, Stage
 
 log = logging.getLogger("nodehost.session")
 
@@ -60,6 +61,7 @@ KILL_GRACE_S = 1.0  # ... and this long after SIGTERM before SIGKILL
 OUTPUT_TAIL_LINES = 10  # a crash report quotes this many of the node's last output lines
 
 S = ProcessStatus
+NODE_STAGES = frozenset(stage for stage in Stage if stage.in_node_code)
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ class Session(SessionIO):
         tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
         launch.tmp_dir = tmp_dir
         launch.host_pid = os.getpid()
-        host_end, node_end = control.pair()
+        host_end, node_end = protocol.pair()
         try:
             popen = subprocess.Popen(
                 [python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
@@ -388,7 +390,7 @@ class Session(SessionIO):
         with self._lock:
             self._map.add_process(process)
             self._children[launch.node_id] = child
-        control.send(host_end, "launch", spec=launch.to_json())
+        protocol.send(host_end, Kind.LAUNCH, spec=launch.to_json())
 
     def _supervise(self) -> None:
         # A terminal's Ctrl-C goes to the host's process group, and a node is in it from
@@ -466,7 +468,7 @@ class Session(SessionIO):
                 if all(c.process.status == S.READY for c in self._children.values()):
                     started = True
                     for child in self._children.values():
-                        control.send(child.sock, "start")
+                        protocol.send(child.sock, Kind.START)
                     self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
@@ -501,35 +503,35 @@ class Session(SessionIO):
         sel.close()
 
     def _on_control(self, sel: selectors.BaseSelector, child: _Child) -> None:
-        message = control.receive(child.sock)
+        message = protocol.receive(child.sock)
         if message is None:
             sel.unregister(child.sock)
             return
         kind = message["t"]
-        if kind == "status":
+        if kind == Kind.STATUS:
             if message.get("sandbox") is not None:
                 child.sandbox = list(message["sandbox"])
             try:
                 self._set_status(child, S(message["status"]))
             except ValueError:
                 log.warning("%s sent unknown status %r", child.label, message.get("status"))
-        elif kind == "progress":
+        elif kind == Kind.PROGRESS:
             self._emit("progress", node=child.launch.node_id, node_type=child.launch.node_type,
                        fraction=message.get("fraction"), message=message.get("message", ""))
             child.last_report = time.monotonic()
-        elif kind == "stats":
+        elif kind == Kind.STATS:
             with self._lock:
                 stats.apply_report(self._map, child.launch.node_id, message)
-        elif kind == "done":
+        elif kind == Kind.DONE:
             child.done = True
-        elif kind == "error":
+        elif kind == Kind.ERROR:
             child.error = str(message.get("error", "unknown error"))
             child.error_kind = message.get("cause")
             stage = message.get("stage", "")
-            where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
+            where = f" in {stage}()" if stage in NODE_STAGES else \
                 f" during {stage}" if stage else ""
             memory = None
-            if child.error_kind == "memory":
+            if child.error_kind == Cause.MEMORY:
                 reason = self._memory_reason(child, where, child.error)
                 memory = message.get("memory_used")
             else:
@@ -539,7 +541,7 @@ class Session(SessionIO):
                 log.info("%s traceback:\n%s", child.label, tb)
             self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
-        elif kind == "log":
+        elif kind == Kind.LOG:
             child.output.record(message.get("level", "INFO"), message.get("message", ""))
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
@@ -591,16 +593,16 @@ class Session(SessionIO):
         if child.done and returncode == 0:
             self._set_status(child, S.STOPPING)
         elif child.error is None and not (stopping and child.process.status == S.STOPPING):
-            from nodehost.sandbox import EXIT_MEMORY_LIMIT, is_allocation_failure
+            from nodehost.sandbox import is_allocation_failure
 
             tail = self._output_tail(child)
             if child.launch.memory_mb is not None and (
-                    returncode == EXIT_MEMORY_LIMIT
+                    returncode == ExitCode.MEMORY_LIMIT
                     or (returncode != 0 and is_allocation_failure(tail))):
                 # e.g. an uncaught std::bad_alloc: abort() after printing what it was
                 last = tail.splitlines()[-1] if tail else ""
                 detail = f"it {describe_exit(returncode)}" + (f": {last}" if last else "")
-                cause, kind = self._memory_reason(child, "", detail), "memory"
+                cause, kind = self._memory_reason(child, "", detail), str(Cause.MEMORY)
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
@@ -636,7 +638,7 @@ class Session(SessionIO):
             deaf = child.process.status in (S.IDLE, S.INITIALIZING)
             if child.process.status.is_live:
                 self._set_status(child, S.STOPPING)
-            control.send(child.sock, "stop")
+            protocol.send(child.sock, Kind.STOP)
             if deaf:
                 with contextlib.suppress(ProcessLookupError, OSError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
