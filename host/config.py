@@ -194,6 +194,9 @@ class PipelineConfig(_Strict):
     name: str = Field(default="pipeline", json_schema_extra={"pattern": PIPELINE_NAME})
     max_processes: int | None = Field(default=None, gt=0)
     init_timeout_s: float = Field(default=300.0, gt=0)
+    # A stop the user asked for (Ctrl-C, Session.stop) gives nodes this long to finish
+    # cleanup() before they are terminated; a failure tears the session down at once.
+    stop_grace_s: float = Field(default=5.0, ge=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
     inputs: dict[SessionPortName, SessionInputTargets] = Field(

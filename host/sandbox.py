@@ -28,6 +28,7 @@ from typing import Any, TypedDict
 
 import nodehost
 from nodehost.errors import NodehostError
+from nodehost.protocol import ExitCode
 
 __all__ = [
     "EXIT_MEMORY_LIMIT",
@@ -48,11 +49,9 @@ __all__ = [
     "scrubbed_env",
 ]
 
-EXIT_MEMORY_LIMIT = 75
-"""Exit code the runner uses when a ``MemoryError`` escapes node code (memory limit hit)."""
-
-EXIT_PARENT_GONE = 76
-"""Exit code of a node whose host died before the parent-death signal was armed."""
+# The runner's exit codes live in nodehost.protocol; these two are the sandbox's part.
+EXIT_MEMORY_LIMIT = ExitCode.MEMORY_LIMIT
+EXIT_PARENT_GONE = ExitCode.PARENT_GONE
 
 DEFAULT_MAX_FILE_SIZE_MB = 4096
 DEFAULT_MAX_OPEN_FILES = 4096

@@ -169,6 +169,12 @@ class ProbeSink(nodehost.Node):
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
 
+    def cleanup(self) -> None:
+        time.sleep(self.params.cleanup_s)
+        if self.params.cleanup_path:
+            with open(self.params.cleanup_path, "w", encoding="utf-8") as fh:
+                fh.write("cleaned")
+
 
 class FileReader(nodehost.Node):
     def generate(self) -> Iterator[RuntimeData]:
