@@ -42,7 +42,7 @@ import iceoryx2 as iox2
 import numpy as np
 
 from nodehost import wire
-from nodehost.data import RuntimeData, SampleHold, copy_out, monotonic_stamp
+from nodehost.data import RuntimeData, SampleHold, copy_out, inherited_origin, monotonic_stamp
 from nodehost.errors import ChannelError, WireFormatError
 
 DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
@@ -212,12 +212,16 @@ class DataPlane:
         return writer
 
     def open_reader(self, name: str, capacity: int, backpressure: bool = True, *,
-                    max_subscribers: int | None = None) -> ChannelReader:
+                    max_subscribers: int | None = None,
+                    from_start: bool | None = None) -> ChannelReader:
         """A reading end of channel ``name``. Pass the channel's fan-out as
         ``max_subscribers`` when known; otherwise a reader that creates the channel sizes it
-        for ``DEFAULT_READERS``."""
+        for ``DEFAULT_READERS``. ``from_start=True``: every message of the channel is meant
+        for this reader (the writer has sent nothing yet), so messages lost before its first
+        receive count as dropped; default: when the channel had no writer yet."""
         self._check_open()
-        reader = ChannelReader(self, name, capacity, backpressure, max_subscribers)
+        reader = ChannelReader(self, name, capacity, backpressure, max_subscribers,
+                               from_start)
         self.readers.append(reader)
         return reader
 
@@ -323,7 +327,7 @@ class Loan:
     readers (or is gone), and iceoryx2 aborts the process if a sent sample is touched.
     """
 
-    __slots__ = ("_sample", "_writer", "array", "kind", "meta", "nbytes")
+    __slots__ = ("_sample", "_writer", "array", "kind", "meta", "nbytes", "origin_ns")
 
     def __init__(self, writer: ChannelWriter, kind: int, meta: wire.Metadata,
                  dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
@@ -332,6 +336,7 @@ class Loan:
         self.kind = kind
         self.meta = meta
         self.nbytes = nbytes
+        self.origin_ns = inherited_origin.ns or monotonic_stamp()  # created now
         self._sample = writer._loan(nbytes)
         ptr = self._sample.payload_ptr + wire.HEADER_SIZE
         view = _Writable(ptr, dtype, shape)
@@ -349,7 +354,7 @@ class Loan:
     def send(self) -> None:
         sample = self._take()
         self._writer._send_sample(sample, self.kind, self.nbytes,
-                                  wire.meta_fields(self.kind, self.meta))
+                                  wire.meta_fields(self.kind, self.meta), self.origin_ns)
 
     def discard(self) -> None:
         sample = self._take()
@@ -470,6 +475,20 @@ class ChannelWriter:
     @property
     def readers_known(self) -> int:
         return len(self._readers)
+
+    def figures(self) -> dict[str, Any]:
+        """This end's counters for a stats report (reads the readers' acks first)."""
+        if self.closed:
+            occupancy = in_flight = publishers = subscribers = 0
+        else:
+            self._refresh()
+            occupancy, in_flight = self._inflight_bytes, len(self._inflight)
+            publishers, subscribers = self.publisher_count, self.subscriber_count
+        return {"channel": self.name, "sent": self.sent - self.eos_sent,
+                "unreached": self.unreached, "blocked_s": round(self.blocked_ns / 1e9, 6),
+                "occupancy": occupancy if self.backpressure else None,
+                "in_flight": in_flight if self.backpressure else None,
+                "publishers": publishers, "subscribers": subscribers, "eos": self.eos_sent}
 
     # -- credits -------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -593,7 +612,7 @@ class ChannelWriter:
                                ) from None
 
     def _send_sample(self, sample: Any, kind: int, nbytes: int,
-                     fields: tuple[Any, ...]) -> None:
+                     fields: tuple[Any, ...], origin_ns: int = 0) -> None:
         """Stamp the header into a loaned sample and publish it (the reservation becomes an
         in-flight message)."""
         self._unreserve(nbytes)
@@ -608,7 +627,7 @@ class ChannelWriter:
         if kind == wire.EOS:
             flags = wire.FLAG_ACK
         wire.pack_header_into(self._hdr, kind, flags, nbytes, monotonic_stamp(), seq,
-                              self.session_id, fields)
+                              self.session_id, fields, origin_ns)
         ctypes.memmove(sample.payload_ptr, self._hdr_addr, wire.HEADER_SIZE)
         self.seq = seq
         if _ASSUME_INIT(sample).send() == 0:
@@ -626,7 +645,7 @@ class ChannelWriter:
             src, keepalive = data.payload_address()
             ctypes.memmove(sample.payload_ptr + wire.HEADER_SIZE, src, nbytes)
             del keepalive
-        self._send_sample(sample, data.kind, nbytes, data.wire_fields())
+        self._send_sample(sample, data.kind, nbytes, data.wire_fields(), data.origin_ns)
 
     def loan_audio(self, frames: int, sample_rate: int, channels: int = 1,
                    dtype: Any = "float32") -> Loan:
@@ -718,7 +737,7 @@ class ChannelReader:
     """A subscribing end of a channel (one per input port)."""
 
     def __init__(self, plane: DataPlane, name: str, capacity: int, backpressure: bool,
-                 max_subscribers: int | None) -> None:
+                 max_subscribers: int | None, from_start: bool | None = None) -> None:
         self.plane = plane
         self.name = name
         self.capacity = capacity
@@ -731,14 +750,15 @@ class ChannelReader:
         self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
         self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
         self._ack_pending = 0
-        self._ack_every = max(1, DEPTH // 4)
+        self._ack_every = max(1, DEPTH // 2)
         self._borrowed = 0
         self._last_seq = 0
         self._last_ts = 0
         # Opened before the channel had a writer: every message is meant for this reader, so
         # messages overwritten before its first receive count as dropped too. (A reader that
         # joins a running stream counts gaps from its first message on.)
-        self._from_start = self._dyn.number_of_publishers == 0
+        self._from_start = self._dyn.number_of_publishers == 0 if from_start is None \
+            else from_start
         self.received = 0
         self.dropped = 0        # messages lost before this reader took them (seq gaps)
         self.rejected = 0       # messages whose header failed verification
@@ -759,6 +779,12 @@ class ChannelReader:
     def borrowed(self) -> int:
         """Received samples still alive (held by RuntimeData or their arrays)."""
         return self._borrowed
+
+    def figures(self) -> dict[str, Any]:
+        """This end's counters for a stats report. ``sent``: the messages up to the newest
+        one this reader has seen (end of stream excluded); each was received or dropped."""
+        return {"channel": self.name, "received": self.received, "dropped": self.dropped,
+                "sent": self._last_seq - self.eos, "eos": self.eos}
 
     def has_data(self) -> bool:
         """True when ``receive()`` has something to take (a message or end of stream)."""

@@ -24,6 +24,20 @@ __all__ = ["RuntimeData", "SampleHold", "monotonic_stamp"]
 _last_stamp = 0
 
 
+class _Inherited:
+    """The origin timestamp data created now derives from: the runner sets ``ns`` to the
+    origin of the input it hands to ``process()`` (0 outside of it). See docs/wire-format.md,
+    "Timestamps"."""
+
+    __slots__ = ("ns",)
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+
+inherited_origin = _Inherited()
+
+
 def monotonic_stamp() -> int:
     """CLOCK_MONOTONIC in ns, strictly increasing within this process.
 
@@ -77,13 +91,13 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 class RuntimeData:
     """One message. Build with ``RuntimeData.audio/.video/.text/.tensor``."""
 
-    __slots__ = ("_array", "_fields", "_hold", "_kind", "_meta", "_text", "payload_size",
-                 "seq", "session_id", "timestamp_ns")
+    __slots__ = ("_array", "_fields", "_hold", "_kind", "_meta", "_text", "origin_ns",
+                 "payload_size", "seq", "session_id", "timestamp_ns")
 
     def __init__(self, kind: int, meta: Metadata, payload_size: int, *,
                  array: np.ndarray | None = None, text: str | None = None,
                  hold: SampleHold | None = None, session_id: str = "",
-                 timestamp_ns: int = 0, seq: int = 0) -> None:
+                 timestamp_ns: int = 0, seq: int = 0, origin_ns: int = 0) -> None:
         self._kind = kind
         self._meta = meta
         self._fields: tuple[Any, ...] | None = None
@@ -93,6 +107,9 @@ class RuntimeData:
         self.payload_size = payload_size
         self.session_id = session_id
         self.timestamp_ns = timestamp_ns or monotonic_stamp()
+        # When the data this derives from was created: inherited from the input being
+        # processed, else this message's own creation.
+        self.origin_ns = origin_ns or inherited_origin.ns or self.timestamp_ns
         self.seq = seq
 
     # -- constructors --------------------------------------------------------------------
@@ -274,7 +291,7 @@ class RuntimeData:
     def to_bytes(self, seq: int = 0) -> bytes:
         """Header and payload as plain bytes (files, tests, fuzzing)."""
         header = wire.pack_header(self._kind, 0, self.payload_size, self.timestamp_ns, seq,
-                                  self.session_id, self._meta)
+                                  self.session_id, self._meta, self.origin_ns)
         return header + self.as_array().tobytes()
 
     @classmethod
@@ -291,7 +308,7 @@ class RuntimeData:
                               count=header.payload_size // dtype.itemsize).reshape(shape)
         return cls(header.kind, header.meta, header.payload_size, array=array,
                    session_id=header.session_id, timestamp_ns=header.timestamp_ns,
-                   seq=header.seq)
+                   seq=header.seq, origin_ns=header.origin_ns)
 
     @classmethod
     def from_header(cls, header: wire.Header, hold: SampleHold | None,
@@ -300,8 +317,9 @@ class RuntimeData:
         (Built slot by slot: this runs once per message on every reader's hot path.)"""
         self = cls.__new__(cls)
         (self._kind, self._meta, self.payload_size, self.session_id, self.timestamp_ns,
-         self.seq) = (header.kind, header.meta, header.payload_size, header.session_id,
-                      header.timestamp_ns, header.seq)
+         self.seq, self.origin_ns) = (header.kind, header.meta, header.payload_size,
+                                      header.session_id, header.timestamp_ns, header.seq,
+                                      header.origin_ns or header.timestamp_ns)
         self._fields = self._text = None
         self._array = array
         self._hold = hold

@@ -1,15 +1,16 @@
 """The runtime entities of a session and the rules their states follow.
 
 ``ProcessStatus`` and ``ChannelState`` carry explicit transition tables; any change not in
-the table raises ``IllegalTransition``. The session keeps one ``SessionProcessMap`` of its
-processes, channels and the bindings between them.
+the table raises ``IllegalTransition``. Every session keeps one ``SessionProcessMap`` of its
+processes, channels and the bindings between them: the records ``Session.processes()`` and
+``Session.channels()`` return and the ``stats`` events report.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from nodehost.errors import ChannelError, IllegalTransition, SessionError
@@ -75,6 +76,21 @@ class Role(StrEnum):
 
 
 @dataclass
+class NodeFigures:
+    """What a node's runner last reported about its work (times in seconds)."""
+
+    received: int = 0
+    sent: int = 0
+    processing_p50_s: float | None = None   # process() (or generate()) per message
+    processing_p99_s: float | None = None
+    input_age_p50_s: float | None = None    # now − the input's origin timestamp
+    input_age_p99_s: float | None = None
+    busy: float | None = None               # fraction of the last interval spent working
+    first_output_ts: float | None = None    # epoch seconds
+    reported_at: float | None = None        # epoch seconds of the runner's last report
+
+
+@dataclass
 class NodeProcess:
     """One node's OS process as the host sees it."""
 
@@ -82,10 +98,15 @@ class NodeProcess:
     node_type: str
     pid: int | None = None
     status: ProcessStatus = ProcessStatus.IDLE
-    memory_usage: int | None = None  # RSS bytes, read at every status change
+    memory_usage: int | None = None  # RSS bytes, read at every status change and stats event
     error: str | None = None
     exit_code: int | None = None
     history: list[tuple[float, ProcessStatus]] = field(default_factory=list)
+    session_id: str = ""
+    initialized_at: float | None = None   # epoch seconds: first Ready (initialize() done)
+    input_channels: list[str] = field(default_factory=list)
+    output_channels: list[str] = field(default_factory=list)
+    figures: NodeFigures = field(default_factory=NodeFigures)
 
     def set_status(self, new: ProcessStatus) -> None:
         if not self.status.can_become(new):
@@ -93,26 +114,65 @@ class NodeProcess:
                 f"node {self.node_id!r} ({self.node_type}): {self.status} → {new} is not a "
                 "legal transition"
             )
+        now = time.time()
         self.status = new
-        self.history.append((time.time(), new))
+        self.history.append((now, new))
+        if new is ProcessStatus.READY and self.initialized_at is None:
+            self.initialized_at = now
+
+
+@dataclass
+class ReaderFigures:
+    """One subscriber's account of a channel: of the ``sent`` messages that reached it so far
+    (every message up to the newest one it has seen), ``received`` were taken and ``dropped``
+    were overwritten before it took them; ``received + dropped == sent`` always."""
+
+    received: int = 0
+    dropped: int = 0
+    sent: int = 0
 
 
 @dataclass
 class SharedMemoryChannel:
-    """The host's record of one channel: a publisher's output port and its subscribers."""
+    """The host's record of one channel: a publisher's output port and its subscribers.
+
+    The figures are the ones the channel's ends last reported (see ``stats`` events).
+    ``occupancy`` and ``in_flight`` count what was sent but not yet taken by every reader;
+    without backpressure the writer keeps no per-message record, so ``occupancy`` is None
+    and ``in_flight`` comes from the readers' sequence numbers.
+    """
 
     name: str
     capacity: int
     backpressure: bool = True
     state: ChannelState = ChannelState.CREATED
-    occupancy: int = 0
+    occupancy: int | None = 0
+    source: str = ""                       # "node.port"
+    targets: list[str] = field(default_factory=list)
+    publishers: int = 0                    # ends bound now
+    subscribers: int = 0
+    in_flight: int = 0
+    sent: int = 0
+    dropped: int = 0                       # sent with no reader connected + readers' drops
+    blocked_s: float = 0.0                 # time the writer waited for readers (backpressure)
+    unreached: int = 0
+    readers: dict[str, ReaderFigures] = field(default_factory=dict)  # "node.port" -> figures
+    force_closed: bool = False
+    history: list[tuple[float, ChannelState]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.capacity <= 0 or self.capacity & (self.capacity - 1):
             raise ChannelError(f"channel {self.name!r}: capacity {self.capacity} is not a "
                                "power of two")
+        if not self.backpressure:
+            self.occupancy = None
+        if not self.history:
+            self.history.append((time.time(), self.state))
 
     def set_occupancy(self, nbytes: int) -> None:
+        if not self.backpressure:
+            raise ChannelError(f"channel {self.name!r}: without backpressure the occupancy "
+                               "is not tracked")
         if not 0 <= nbytes <= self.capacity:
             raise ChannelError(f"channel {self.name!r}: occupancy {nbytes} outside "
                                f"0..{self.capacity}")
@@ -123,11 +183,16 @@ class SharedMemoryChannel:
             raise IllegalTransition(f"channel {self.name!r}: {self.state} → {new} is not a "
                                     "legal transition")
         self.state = new
+        self.history.append((time.time(), new))
 
     def force_close(self) -> None:
         """Destroy from any state: the session is being torn down."""
+        if self.state is not ChannelState.DESTROYED:
+            self.force_closed = True
+            self.history.append((time.time(), ChannelState.DESTROYED))
         self.state = ChannelState.DESTROYED
-        self.occupancy = 0
+        self.occupancy = 0 if self.backpressure else None
+        self.in_flight = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +201,12 @@ class ProcessChannelBinding:
     port: str
     channel: str
     role: Role
+    connected_at: float = field(default_factory=time.time)  # epoch seconds
+    disconnected_at: float | None = None                     # its process exited
+
+    @property
+    def connected(self) -> bool:
+        return self.disconnected_at is None
 
 
 @dataclass
@@ -181,6 +252,38 @@ class SessionProcessMap:
         ):
             raise SessionError(f"channel {binding.channel!r} already has a publisher")
         self.bindings.append(binding)
+        channel = self.channels[binding.channel]
+        self._count(channel)
+        if channel.state is ChannelState.CREATED:  # the first end bound makes it Active
+            channel.set_state(ChannelState.ACTIVE)
+
+    def disconnect(self, node_id: str, at: float | None = None) -> None:
+        """``node_id``'s process is gone, and with it its ends of every channel. A channel
+        with no end left is Destroyed: in order after Draining, force-closed otherwise."""
+        at = time.time() if at is None else at
+        touched = set()
+        for i, binding in enumerate(self.bindings):
+            if binding.node_id == node_id and binding.connected:
+                self.bindings[i] = replace(binding, disconnected_at=at)
+                touched.add(binding.channel)
+        for name in touched:
+            channel = self.channels[name]
+            self._count(channel)
+            if channel.publishers == 0 and channel.subscribers == 0:
+                if channel.state is ChannelState.DRAINING:
+                    channel.set_state(ChannelState.DESTROYED)
+                else:
+                    channel.force_close()
+
+    def close_all(self) -> None:
+        """Teardown: whatever is not Destroyed yet is force-closed."""
+        for channel in self.channels.values():
+            channel.force_close()
+
+    def _count(self, channel: SharedMemoryChannel) -> None:
+        live = [b for b in self.bindings if b.channel == channel.name and b.connected]
+        channel.publishers = sum(b.role is Role.PUBLISHER for b in live)
+        channel.subscribers = len(live) - channel.publishers
 
     def publishers(self, channel: str) -> list[ProcessChannelBinding]:
         return [b for b in self.bindings if b.channel == channel and b.role is Role.PUBLISHER]

@@ -62,6 +62,7 @@ class NodeLaunch:
     env: dict[str, str] = field(default_factory=dict)  # the config's, added to the scrubbed one
     tmp_dir: str = ""
     host_pid: int = field(default_factory=os.getpid)
+    stats_interval_s: float = 0.5  # how often the runner reports its figures
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,7 +12,6 @@ cleanup. Everything the host needs to know travels over the control socket.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import faulthandler
 import importlib
@@ -26,17 +25,21 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodehost import control
 from nodehost.plan import NodeLaunch
+from nodehost.stats import Samples, percentiles_s
+
+if TYPE_CHECKING:  # asyncio is imported only for a node that is async: it costs ~40 ms CPU
+    import asyncio
 
 EXIT_OK = 0
 EXIT_NODE_ERROR = 1
 EXIT_RUNNER_ERROR = 70
 IDLE_S = 0.25  # Processing → Ready once no input arrived for this long (no status flapping)
-STATS_INTERVAL_S = 0.5
 BATCH = 64  # messages taken from one input before looking at control and stats again
+CONTROL_POLL_S = 0.002  # a generating node looks at the control socket at most this often
 _HOST_FILES = str(Path(__file__).resolve().parent)
 
 
@@ -80,14 +83,22 @@ class Runner:
         self.launch = launch
         self.status = "Idle"
         self.status_since = time.monotonic()
+        self.blocked_ns = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.received = 0
         self.sent = 0
-        self.latencies_us: list[float] = []
-        self.last_stats = 0.0
+        # Sampled per message (one store, one add each); summarised in stats() only.
+        self.processing_ns = Samples()   # process()/generate() time per message
+        self.input_age_ns = Samples()    # now − the input's origin timestamp
+        self.busy_ns = 0
+        self.last_stats = time.monotonic()
+        self.stats_interval_s = launch.stats_interval_s
+        self.next_stats_ns = 0  # loops compare their own clock reading with this, per message
+        self.io: NodeIO | None = None
         self.node: Any = None
         self.started = False
         self.first_output_ts: float | None = None
+        self.next_poll = 0.0
 
     # -- reporting -----------------------------------------------------------------------
     def report(self, kind: str, **fields: Any) -> None:
@@ -101,15 +112,33 @@ class Runner:
         self.report("status", status=status, **fields)
 
     def stats(self, force: bool = False) -> None:
+        """Report this node's figures and its channel ends' (at most every
+        ``stats_interval_s`` unless forced): counters are read, percentiles computed here."""
         now = time.monotonic()
-        if not force and now - self.last_stats < STATS_INTERVAL_S:
+        elapsed = now - self.last_stats
+        if not force and elapsed < self.stats_interval_s:
             return
         self.last_stats = now
-        lat = sorted(self.latencies_us)
-        self.latencies_us.clear()
+        self.next_stats_ns = int((now + self.stats_interval_s) * 1e9)
+        io = self.io
+        outputs = [w.figures() for w in io.writers.values()] if io else []
+        inputs = [dict(r.figures(), port=port) for port, r in io.readers.items()] if io else []
+        # Time blocked on a full output is waiting, not work.
+        blocked_ns = int(sum(o["blocked_s"] for o in outputs) * 1e9)
+        busy_ns, self.busy_ns = self.busy_ns, 0
+        busy = max(0.0, min(1.0, (busy_ns - (blocked_ns - self.blocked_ns)) / (elapsed * 1e9)))
+        self.blocked_ns = blocked_ns
+        processing = percentiles_s(self.processing_ns.take())
+        age = percentiles_s(self.input_age_ns.take())
         self.report("stats", received=self.received, sent=self.sent,
-                    latency_p50_us=lat[len(lat) // 2] if lat else None,
-                    first_output_ts=self.first_output_ts)
+                    first_output_ts=self.first_output_ts, processing_s=processing,
+                    input_age_s=age, busy=round(busy, 4) if elapsed > 0 else None,
+                    outputs=outputs, inputs=inputs)
+
+    def while_blocked(self) -> None:
+        """Called while a writer waits for its readers: obey stop, keep reporting."""
+        self.check_control()
+        self.stats()
 
     def progress(self, fraction: float, message: str) -> None:
         self.report("progress", fraction=fraction, message=message)
@@ -128,17 +157,34 @@ class Runner:
                     raise Stopped()
                 if message["t"] == "start":
                     self.started = True
+                    self.last_stats = time.monotonic()  # busy counts from the start on
+                    self.next_stats_ns = int((self.last_stats + self.stats_interval_s) * 1e9)
+                    self.busy_ns = 0
                     if block:
                         return
         finally:
             self.sock.setblocking(True)
 
+    def poll(self) -> None:
+        """Between generated messages: control and stats, at most every CONTROL_POLL_S
+        (looking at the socket costs three syscalls and an exception; a message a few µs)."""
+        now = time.monotonic()
+        if now >= self.next_poll:
+            self.next_poll = now + CONTROL_POLL_S
+            self.check_control()
+            self.stats()
+
     # -- calling node code ---------------------------------------------------------------
+    def event_loop(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            import asyncio
+
+            self.loop = asyncio.new_event_loop()
+        return self.loop
+
     def resolve(self, value: Any) -> Any:
         if inspect.isawaitable(value):
-            if self.loop is None:
-                self.loop = asyncio.new_event_loop()
-            return self.loop.run_until_complete(value)
+            return self.event_loop().run_until_complete(value)
         return value
 
     def iterate(self, value: Any) -> Iterator[Any]:
@@ -151,11 +197,10 @@ class Runner:
         if isinstance(value, RuntimeData):
             yield value
         elif inspect.isasyncgen(value):
-            if self.loop is None:
-                self.loop = asyncio.new_event_loop()
+            loop = self.event_loop()
             while True:
                 try:
-                    item = self.loop.run_until_complete(value.__anext__())
+                    item = loop.run_until_complete(value.__anext__())
                 except StopAsyncIteration:
                     return
                 if item is not None:
@@ -199,9 +244,10 @@ def run_node(runner: Runner) -> int:
                                               session_id=launch.session_id)
                    for p in launch.outputs}
         for writer in writers.values():  # a writer blocked on backpressure still obeys stop
-            writer.abort_check = runner.check_control
+            writer.abort_check = runner.while_blocked
+        # Every reader is open before the session starts any source: each message is its.
         readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
-                                              backpressure=p.backpressure)
+                                              backpressure=p.backpressure, from_start=True)
                    for p in launch.inputs}
         layers = sandbox.apply(sandbox.SandboxPlan(
             network=launch.network,
@@ -215,7 +261,7 @@ def run_node(runner: Runner) -> int:
         runner.report("error", stage="setup", error=describe(exc),
                       traceback=traceback.format_exc())
         return EXIT_RUNNER_ERROR
-    io = NodeIO(runner, plane, writers, readers)
+    runner.io = io = NodeIO(runner, plane, writers, readers)
     finished = False
     node_logger = logging.getLogger("nodehost.node")
     node_logger.setLevel(logging.INFO)
@@ -251,6 +297,7 @@ def run_node(runner: Runner) -> int:
         return EXIT_OK
     except Stopped:
         io.stop()
+        runner.stats(force=True)
         return EXIT_OK
     finally:
         if not finished:
@@ -273,6 +320,11 @@ class NodeIO:
         self.writers = writers
         self.readers = readers
         self.only_output = next(iter(writers)) if len(writers) == 1 else None
+        from nodehost.data import RuntimeData
+
+        self.data_type = RuntimeData
+        # a returned RuntimeData goes straight to the only output's send (see take())
+        self.send_direct = None if self.only_output is None else writers[self.only_output].send
 
     def writer(self, port: str | None) -> Any:
         if port is None:
@@ -308,10 +360,19 @@ class NodeIO:
     def produce(self) -> None:
         runner = self.runner
         runner.set_status("Processing")
+        processing, mask = runner.processing_ns, Samples.MASK
+        monotonic_ns = time.monotonic_ns
+        started = monotonic_ns()
         for item in runner.iterate(runner.node.generate()):
+            # A source's processing time: generate() making the item (its sleeps included).
+            now = monotonic_ns()
+            took = now - started
+            processing.values[processing.count & mask] = took
+            processing.count += 1
+            runner.busy_ns += took
             self.emit(None, item)
-            runner.check_control()
-            runner.stats()
+            runner.poll()
+            started = monotonic_ns()
 
     def consume(self) -> None:
         runner = self.runner
@@ -320,7 +381,7 @@ class NodeIO:
         sock_fd = runner.sock.fileno()
         last_input = time.monotonic()
         while open_ports:
-            timeout = STATS_INTERVAL_S
+            timeout = runner.stats_interval_s
             if runner.status == "Processing":
                 timeout = max(0.0, min(timeout, last_input + IDLE_S - time.monotonic()))
             _ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
@@ -328,17 +389,8 @@ class NodeIO:
             if fds:
                 runner.check_control()
             for port, reader in list(open_ports.items()):
-                # A bounded batch: under a stream that never pauses the loop must still come
-                # round to the control socket (stop) and to stats(), which also empties
-                # latencies_us (else it grows by one float per message, without bound).
-                for _ in range(BATCH):
-                    if (data := reader.receive()) is None:
-                        break
-                    runner.set_status("Processing")
+                if self.take(port, reader):
                     last_input = time.monotonic()
-                    runner.received += 1
-                    runner.latencies_us.append((time.monotonic_ns() - data.timestamp_ns) / 1e3)
-                    self.deliver(node.process(data, port))
                 if reader.eos:
                     del open_ports[port]
                     self.deliver(node.end_of_stream(port))
@@ -346,10 +398,57 @@ class NodeIO:
             if runner.status == "Processing" and time.monotonic() - last_input >= IDLE_S:
                 runner.set_status("Ready")
 
+    def take(self, port: str, reader: Any) -> int:
+        """Up to BATCH messages of one input through the node; returns how many.
+
+        The per-message path: clock reads, the node's call and, when the node returns a
+        RuntimeData and has one output, that output's ``send`` — no generator or awaitable
+        checks in between. Figures are one store and one add each (summarised in stats()).
+        What process() creates derives from its input, so it inherits the input's origin
+        timestamp. The batch is bounded: under a stream that never pauses the loop must still
+        come round to the control socket (stop) and to stats().
+        """
+        from nodehost.data import inherited_origin
+
+        runner = self.runner
+        process = runner.node.process
+        receive = reader.receive
+        clock = time.monotonic_ns
+        direct = self.send_direct
+        ages, processing, mask = runner.input_age_ns, runner.processing_ns, Samples.MASK
+        taken = 0
+        try:
+            while taken < BATCH and (data := receive()) is not None:
+                taken += 1
+                runner.received += 1
+                if runner.status != "Processing":
+                    runner.set_status("Processing")
+                started = clock()
+                inherited_origin.ns = origin = data.origin_ns
+                ages.values[ages.count & mask] = started - origin
+                ages.count += 1
+                result = process(data, port)
+                if result is not None:
+                    if direct is not None and type(result) is self.data_type:
+                        direct(result)
+                        self.count_output()
+                    else:
+                        self.deliver(result)
+                took = clock() - started
+                processing.values[processing.count & mask] = took
+                processing.count += 1
+                runner.busy_ns += took
+                if started >= runner.next_stats_ns:  # a slow process() still reports
+                    runner.stats()
+        finally:
+            inherited_origin.ns = 0
+        return taken
+
     def finish(self) -> None:
         """End of stream downstream, wait until readers took everything, then clean up."""
         for writer in self.writers.values():
             writer.send_eos()
+        self.runner.stats(force=True)  # the host sees the channels Draining from here
         # The application reads session outputs at its own pace: wait for it (a stop still
         # ends the wait). Between nodes the default drain timeout applies.
         host_reads = {p.port for p in self.runner.launch.outputs if p.host_reads}
@@ -415,5 +514,26 @@ def main(argv: list[str] | None = None) -> int:
     return run_node(Runner(sock, launch))
 
 
+def exit_now(code: int) -> None:
+    """End the process without finalizing the interpreter.
+
+    By now everything the runner holds is released: the node's cleanup() ran, its channels
+    are closed (run_node's ``finally``), its log records are sent. What normal interpreter
+    exit adds is tearing down every module and object of numpy, pydantic and iceoryx2 —
+    100–300 ms of CPU on a loaded machine, which every stop and every failure of a session
+    would wait for. atexit handlers (the node's own too) still run; threads the node left
+    running are not waited for (the process is ending: the host would kill them anyway).
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -12,6 +12,7 @@ signal is tied to it, and it lives until every child is reaped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import queue
@@ -24,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +32,28 @@ from typing import Any
 
 import psutil
 
-from nodehost import control
+from nodehost import control, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
 from nodehost.endpoints import SessionIO, open_ends
 from nodehost.errors import IllegalTransition, SessionError
-from nodehost.lifecycle import NodeProcess, ProcessStatus
-from nodehost.plan import NodeLaunch, new_session_id, plan_host_ends, plan_session
+from nodehost.lifecycle import (
+    NodeProcess,
+    ProcessChannelBinding,
+    ProcessStatus,
+    Role,
+    SessionProcessMap,
+    SharedMemoryChannel,
+)
+from nodehost.nodelog import NodeOutput
+from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
 
 HEARTBEAT_S = 2.0  # a node still initializing is reported at least this often
 STOP_GRACE_S = 0.1  # after a stop request, wait this long before SIGTERM
 KILL_GRACE_S = 1.0  # ... and this long before SIGKILL
-STDERR_TAIL = 8192
+OUTPUT_TAIL_LINES = 10  # a crash report quotes this many of the node's last output lines
 
 S = ProcessStatus
 
@@ -57,6 +65,7 @@ class SessionResult:
     failed_node: str | None = None
     failed_node_type: str | None = None
     duration_s: float = 0.0
+    failed_machine: str | None = None  # sessions spread over machines (nodehost.remote)
 
 
 @dataclass
@@ -67,13 +76,12 @@ class _Child:
     sock: socket.socket
     pidfd: int
     tmp_dir: str
-    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=64))
+    output: NodeOutput
     done: bool = False
     error: str | None = None
     error_kind: str | None = None
     exited: bool = False
     sandbox: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
     last_report: float = 0.0
 
     @property
@@ -104,15 +112,23 @@ class Session(SessionIO):
     through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
-                 python: str | None = None) -> None:
+                 python: str | None = None, session_id: str | None = None) -> None:
         self.host = host
         self.pipeline = pipeline
         self.name = pipeline.config.name
-        self.id = new_session_id(self.name)
+        # a given id: one machine's part of a session spread over machines (nodehost.remote)
+        self.id = session_id or new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
+        for launch in self.launches:
+            launch.stats_interval_s = host.stats_interval_s
+        host_ends = plan_host_ends(pipeline, self.launches)
+        # The session's own record of its processes, channels and bindings: what
+        # processes(), channels() and the stats events report.
+        self._map = _allocate_channels(self.id, pipeline.config.max_processes, self.launches,
+                                       host_ends)
         self._ready = threading.Event()
         self._ready_or_ended = threading.Event()
-        self._ends = open_ends(self.id, pipeline, plan_host_ends(pipeline, self.launches))
+        self._ends = open_ends(self.id, pipeline, host_ends)
         self.python = python or sys.executable
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -140,8 +156,19 @@ class Session(SessionIO):
             return {node_id: c.process.status for node_id, c in self._children.items()}
 
     def processes(self) -> dict[str, NodeProcess]:
+        """The node processes' records: a consistent snapshot, as the last stats event."""
         with self._lock:
-            return {node_id: c.process for node_id, c in self._children.items()}
+            return copy.deepcopy(self._map.processes)
+
+    def channels(self) -> dict[str, SharedMemoryChannel]:
+        """The channels' records (state, figures) by name: a consistent snapshot."""
+        with self._lock:
+            return copy.deepcopy(self._map.channels)
+
+    def bindings(self) -> list[ProcessChannelBinding]:
+        """Which process publishes or subscribes which channel, since and until when."""
+        with self._lock:
+            return list(self._map.bindings)
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event of the session in order, ending with ``session_end``."""
@@ -199,12 +226,23 @@ class Session(SessionIO):
     def _status_event(self, child: _Child) -> None:
         proc = child.process
         child.last_report = time.monotonic()
+        figures = proc.figures
         self._emit("status", node=proc.node_id, node_type=proc.node_type, pid=proc.pid,
                    status=proc.status.value, memory_usage=proc.memory_usage,
                    memory_limit=None if child.launch.memory_mb is None
                    else child.launch.memory_mb << 20,
-                   error=proc.error,
-                   sandbox=child.sandbox, stats=child.stats or None)
+                   error=proc.error, sandbox=child.sandbox,
+                   stats={"received": figures.received, "sent": figures.sent,
+                          "first_output_ts": figures.first_output_ts}
+                   if figures.reported_at else None)
+
+    def _stats_event(self, final: bool = False) -> None:
+        for child in self._children.values():
+            if not child.exited:
+                child.process.memory_usage = self._memory(child)
+        with self._lock:
+            fields = stats.stats_fields(self._map)
+        self._emit("stats", final=final, **fields)
 
     def _set_status(self, child: _Child, status: ProcessStatus, error: str | None = None,
                     memory: int | None = None) -> None:
@@ -216,6 +254,8 @@ class Session(SessionIO):
                 proc.set_status(status)
                 if error:
                     proc.error = error
+                if status == S.INITIALIZING:  # the runner has opened its channel ends
+                    self._bind(child.launch)
         except IllegalTransition as exc:
             log.debug("%s", exc)  # e.g. an error reported while already stopping
             return
@@ -224,6 +264,14 @@ class Session(SessionIO):
         elif not child.exited:
             proc.memory_usage = self._memory(child)
         self._status_event(child)
+
+    def _bind(self, launch: NodeLaunch) -> None:
+        for port in launch.outputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.PUBLISHER))
+        for port in launch.inputs:
+            self._map.bind(ProcessChannelBinding(launch.node_id, port.port, port.channel,
+                                                 Role.SUBSCRIBER))
 
     # -- supervisor ----------------------------------------------------------------------
     def _interpreter(self, launch: NodeLaunch) -> str:
@@ -265,9 +313,14 @@ class Session(SessionIO):
             )
             node_end.close()
             control.send(host_end, "launch", spec=launch.to_json())
-            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid)
-            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
+            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
+                                  session_id=self.id,
+                                  input_channels=[p.channel for p in launch.inputs],
+                                  output_channels=[p.channel for p in launch.outputs])
+            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir,
+                           NodeOutput(launch.node_id, self.host.log_dir))
             with self._lock:
+                self._map.add_process(process)
                 self._children[launch.node_id] = child
 
     def _supervise(self) -> None:
@@ -308,9 +361,10 @@ class Session(SessionIO):
         started = False
         stop_deadline: float | None = None
         killed = False
+        next_stats = time.monotonic() + self.host.stats_interval_s
         while any(not c.exited for c in self._children.values()):
             now = time.monotonic()
-            deadlines = [init_deadline] if not started else []
+            deadlines = [init_deadline, next_stats] if not started else [next_stats]
             if stop_deadline is not None:
                 deadlines.append(stop_deadline)
             initializing = [c for c in self._children.values()
@@ -329,6 +383,9 @@ class Session(SessionIO):
                     sel.unregister(child.pidfd)
                     self._on_exit(sel, child)
             now = time.monotonic()
+            if now >= next_stats:
+                self._stats_event()
+                next_stats = now + self.host.stats_interval_s
             for child in initializing:
                 if not child.exited and now - child.last_report >= HEARTBEAT_S:
                     child.process.memory_usage = self._memory(child)
@@ -380,7 +437,8 @@ class Session(SessionIO):
                        fraction=message.get("fraction"), message=message.get("message", ""))
             child.last_report = time.monotonic()
         elif kind == "stats":
-            child.stats = {k: v for k, v in message.items() if k != "t"}
+            with self._lock:
+                stats.apply_report(self._map, child.launch.node_id, message)
         elif kind == "done":
             child.done = True
         elif kind == "error":
@@ -401,6 +459,7 @@ class Session(SessionIO):
             self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == "log":
+            child.output.record(message.get("level", "INFO"), message.get("message", ""))
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
 
@@ -412,6 +471,8 @@ class Session(SessionIO):
         return f"{reason}; the error: {detail}" if detail else reason
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        """A node's stdout/stderr: always read (a full pipe would block the node), lines
+        kept for crash reports and --log-dir, emitted as ``log`` events within a budget."""
         assert child.popen.stdout is not None
         try:
             chunk = os.read(child.popen.stdout.fileno(), 65536)
@@ -421,14 +482,12 @@ class Session(SessionIO):
             chunk = b""
         if not chunk:
             sel.unregister(child.popen.stdout)
-            return
-        child.stderr_tail.append(chunk)
-        for line in chunk.decode(errors="replace").splitlines():
-            log.debug("[%s] %s", child.launch.node_id, line)
+        for line in child.output.feed(chunk):
+            self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                       level="OUTPUT", message=line)
 
     def _output_tail(self, child: _Child) -> str:
-        text = b"".join(child.stderr_tail)[-STDERR_TAIL:].decode(errors="replace").strip()
-        return text.splitlines()[-1] if text else ""
+        return "\n".join(child.output.last_lines(OUTPUT_TAIL_LINES))
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
@@ -458,7 +517,8 @@ class Session(SessionIO):
                     returncode == EXIT_MEMORY_LIMIT
                     or (returncode != 0 and is_allocation_failure(tail))):
                 # e.g. an uncaught std::bad_alloc: abort() after printing what it was
-                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
+                last = tail.splitlines()[-1] if tail else ""
+                detail = f"it {describe_exit(returncode)}" + (f": {last}" if last else "")
                 cause, kind = self._memory_reason(child, "", detail), "memory"
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
@@ -466,13 +526,16 @@ class Session(SessionIO):
                 cause = describe_exit(returncode)
                 kind = "signal" if returncode < 0 else "exit"
                 if tail:
-                    cause += f" (last output: {tail[-200:]})"
+                    cause += "; its last output:\n" + "\n".join(
+                        f"    | {line}" for line in tail.splitlines())
             if not stopping or self._failure is None:
                 self._set_status(child, S.ERROR, error=cause)
                 self._fail(child, cause, kind)
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
         self._set_status(child, S.STOPPED)
+        with self._lock:  # its channel ends are gone with it
+            self._map.disconnect(child.launch.node_id)
 
     def _fail(self, child: _Child | None, reason: str, kind: str = "error") -> None:
         if self._failure is not None:
@@ -510,9 +573,12 @@ class Session(SessionIO):
                 child.exited = True
                 with contextlib.suppress(OSError):
                     os.close(child.pidfd)
+        with self._lock:
+            self._map.close_all()  # teardown: whatever is left is force-closed
 
     def _release(self) -> None:
         for child in self._children.values():
+            child.output.close()
             child.sock.close()
             if child.popen.stdout is not None:
                 child.popen.stdout.close()
@@ -538,6 +604,7 @@ class Session(SessionIO):
         else:
             result = SessionResult(True, "every sink reached end of stream", duration_s=duration)
         self._result = result
+        self._stats_event(final=True)
         self._io_ended(result, failed=not result.ok and (self._failure is not None or
                                                          self._stop_requested is None))
         self._emit("session_end", ok=result.ok, reason=result.reason,
@@ -551,9 +618,15 @@ class Host:
     """Discovers plugins and runs sessions. Several sessions may run at once."""
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
-                 on_event: Any = None, env_allow: Mapping[str, str] | None = None) -> None:
+                 on_event: Any = None, env_allow: Mapping[str, str] | None = None,
+                 stats_interval_s: float = stats.STATS_INTERVAL_S,
+                 log_dir: str | Path | None = None) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
+        # how often runners report and sessions emit ``stats`` events
+        self.stats_interval_s = stats_interval_s
+        # every node's output lines and log records, one file per node (``--log-dir``)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
@@ -567,8 +640,14 @@ class Host:
 
     def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
                       ) -> Session:
-        pipeline = self.validate(config)
-        session = Session(self, pipeline)
+        parsed = load_config(config)
+        session: Session
+        from nodehost import remote
+
+        if remote.placed(parsed):  # nodes on other machines: see nodehost.remote
+            session = remote.DistributedSession(self, parsed)
+        else:
+            session = Session(self, validate_pipeline(parsed, self.registry.node_types))
         with self._lock:
             if not session._finished.is_set():
                 self._sessions.append(session)
@@ -606,3 +685,27 @@ class Host:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _allocate_channels(session_id: str, max_processes: int | None,
+                       launches: list[NodeLaunch], host_ends: HostEnds) -> SessionProcessMap:
+    """The session map with one Created record per planned channel. The application's own
+    ends (session inputs and outputs) appear as ``input:NAME`` / ``output:NAME``; only node
+    processes are bound and counted as publishers and subscribers."""
+    smap = SessionProcessMap(session_id, max_processes)
+    for name, port in host_ends.inputs.items():
+        smap.add_channel(SharedMemoryChannel(port.channel, port.capacity, port.backpressure,
+                                             source=f"input:{name}"))
+    for launch in launches:
+        for port in launch.outputs:
+            smap.add_channel(SharedMemoryChannel(
+                port.channel, port.capacity, port.backpressure,
+                source=f"{launch.node_id}.{port.port}"))
+    for launch in launches:
+        for port in launch.inputs:
+            channel = smap.channels[port.channel]
+            if f"{launch.node_id}.{port.port}" not in channel.targets:
+                channel.targets.append(f"{launch.node_id}.{port.port}")
+    for name, port in host_ends.outputs.items():
+        smap.channels[port.channel].targets.append(f"output:{name}")
+    return smap

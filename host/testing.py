@@ -294,11 +294,11 @@ class Run:
         return pids
 
     def stats(self, node: str) -> dict[str, Any]:
-        """The node's last reported counters (received, sent, ...)."""
+        """The node's figures in the session's last ``stats`` event (received, sent, ...)."""
         last: dict[str, Any] = {}
         for e in self.events:
-            if e["event"] == "status" and e["node"] == node and e.get("stats"):
-                last = e["stats"]
+            if e["event"] == "stats" and node in e["nodes"]:
+                last = e["nodes"][node]
         return last
 
     def assert_ok(self) -> None:

@@ -26,6 +26,7 @@ MAX_SESSION_ID = 64      # UTF-8 bytes
 MAX_LANGUAGE = 35        # BCP 47 tags are at most 35 characters in practice
 MAX_TENSOR_NDIM = 8
 CRC_OFFSET = HEADER_SIZE - 4
+ORIGIN_OFFSET = CRC_OFFSET - 12  # origin_ns: u64 at 240..247, then 4 zero bytes, then the CRC
 
 # data_type byte
 AUDIO, VIDEO, TEXT, TENSOR, EOS = 1, 2, 3, 4, 15
@@ -131,6 +132,7 @@ class Header(NamedTuple):
     seq: int
     session_id: str
     meta: Metadata
+    origin_ns: int = 0   # when the data this message derives from was created; 0: unknown
 
 
 # -- byte layout -----------------------------------------------------------------------------
@@ -152,8 +154,8 @@ _TAILS = {
 
 def _layout(tail: str) -> struct.Struct:
     fmt = _COMMON + tail
-    pad = CRC_OFFSET - struct.calcsize(fmt)
-    return struct.Struct(fmt + f"{pad}x")
+    pad = ORIGIN_OFFSET - struct.calcsize(fmt)
+    return struct.Struct(fmt + f"{pad}xQ4x")
 
 
 STRUCTS = {kind: _layout(tail) for kind, tail in _TAILS.items()}
@@ -272,19 +274,21 @@ def check_video_size(pf: PixelFormat, width: int, height: int, payload_size: int
 
 # -- pack / unpack ---------------------------------------------------------------------------
 def pack_header_into(buf: Any, kind: int, flags: int, payload_size: int, timestamp_ns: int,
-                     seq: int, session_id: bytes, fields: tuple[Any, ...]) -> None:
+                     seq: int, session_id: bytes, fields: tuple[Any, ...],
+                     origin_ns: int = 0) -> None:
     """Write a complete header (CRC included) at the start of the writable buffer ``buf``."""
     STRUCTS[kind].pack_into(buf, 0, MAGIC, VERSION, HEADER_SIZE, kind, flags, len(session_id),
-                            0, 0, payload_size, timestamp_ns, seq, session_id, *fields)
+                            0, 0, payload_size, timestamp_ns, seq, session_id, *fields,
+                            origin_ns)
     _CRC.pack_into(buf, CRC_OFFSET, zlib.crc32(memoryview(buf)[:CRC_OFFSET]))
 
 
 def pack_header(kind: int, flags: int, payload_size: int, timestamp_ns: int, seq: int,
-                session_id: str, meta: Metadata) -> bytes:
+                session_id: str, meta: Metadata, origin_ns: int = 0) -> bytes:
     sid = encode_session_id(session_id)
     buf = bytearray(HEADER_SIZE)
     pack_header_into(buf, kind, flags, payload_size, timestamp_ns, seq, sid,
-                     meta_fields(kind, meta))
+                     meta_fields(kind, meta), origin_ns)
     return bytes(buf)
 
 
@@ -318,7 +322,7 @@ def unpack_header(raw: bytes, available: int) -> Header:
     if layout is None:
         raise _bad(f"unknown data type code {kind}")
     (_magic, version, header_size, _kind, flags, sid_len, res8, res32, payload_size,
-     timestamp_ns, seq, sid, *fields) = layout.unpack_from(raw)
+     timestamp_ns, seq, sid, *fields, origin_ns) = layout.unpack_from(raw)
     if version != VERSION or header_size != HEADER_SIZE:
         raise _bad(f"version {version} / header size {header_size} "
                    f"(this nodehost speaks version {VERSION}, {HEADER_SIZE} bytes)")
@@ -329,9 +333,12 @@ def unpack_header(raw: bytes, available: int) -> Header:
                    "(truncated or padded message)")
     if sid_len > MAX_SESSION_ID or sid.count(0, sid_len) != MAX_SESSION_ID - sid_len:
         raise _bad(f"session id length {sid_len} (at most {MAX_SESSION_ID})")
+    if origin_ns > timestamp_ns:
+        raise _bad(f"origin_ns {origin_ns} after timestamp_ns {timestamp_ns} (data cannot be "
+                   "sent before it was created)")
     session_id = _session_id(sid[:sid_len])
     meta = _meta_from_fields(kind, tuple(fields), payload_size)
-    return Header(kind, flags, payload_size, timestamp_ns, seq, session_id, meta)
+    return Header(kind, flags, payload_size, timestamp_ns, seq, session_id, meta, origin_ns)
 
 
 @_memo

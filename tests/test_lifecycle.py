@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -244,3 +245,80 @@ def test_duplicate_process_and_channel_rejected() -> None:
         smap.add_process(NodeProcess("gain", "Gain"))
     with pytest.raises(SessionError, match=r"channel 'src\.out' already exists"):
         smap.add_channel(SharedMemoryChannel("src.out", 1024))
+
+
+# ------------------------------------------------------------- the map as the live record
+
+def wired() -> SessionProcessMap:
+    smap = session_map()
+    smap.channels["src.out"].source = "src.out"
+    bind(smap, "src", "out", "src.out", Role.PUBLISHER)
+    bind(smap, "gain", "in", "src.out", Role.SUBSCRIBER)
+    return smap
+
+
+def test_first_bind_makes_a_channel_active_and_counts_its_ends() -> None:
+    smap = session_map()
+    channel = smap.channels["src.out"]
+    assert channel.state is C.CREATED and (channel.publishers, channel.subscribers) == (0, 0)
+    bind(smap, "gain", "in", "src.out", Role.SUBSCRIBER)
+    assert channel.state is C.ACTIVE and (channel.publishers, channel.subscribers) == (0, 1)
+    bind(smap, "src", "out", "src.out", Role.PUBLISHER)
+    assert (channel.publishers, channel.subscribers) == (1, 1)
+    assert [s for _, s in channel.history] == [C.CREATED, C.ACTIVE]
+    assert all(b.connected and b.connected_at <= time.time() for b in smap.bindings)
+
+
+def test_draining_channel_is_destroyed_in_order_when_both_ends_are_gone() -> None:
+    smap = wired()
+    channel = smap.channels["src.out"]
+    channel.set_state(C.DRAINING)  # the writer sent end of stream
+    smap.disconnect("src")
+    assert channel.state is C.DRAINING and (channel.publishers, channel.subscribers) == (0, 1)
+    smap.disconnect("gain")
+    assert channel.state is C.DESTROYED and not channel.force_closed
+    assert [s for _, s in channel.history] == [C.CREATED, C.ACTIVE, C.DRAINING, C.DESTROYED]
+    assert all(b.disconnected_at is not None for b in smap.bindings)
+
+
+def test_active_channel_whose_ends_died_is_force_closed() -> None:
+    smap = wired()
+    channel = smap.channels["src.out"]
+    smap.disconnect("gain")
+    smap.disconnect("src")
+    assert channel.state is C.DESTROYED and channel.force_closed
+    assert [s for _, s in channel.history] == [C.CREATED, C.ACTIVE, C.DESTROYED]
+
+
+def test_close_all_force_closes_what_is_left_and_keeps_the_destroyed() -> None:
+    smap = wired()
+    done = smap.channels["src.out"]
+    done.set_state(C.DRAINING)
+    smap.disconnect("src")
+    smap.disconnect("gain")
+    smap.close_all()
+    assert not done.force_closed  # destroyed in order before teardown
+    never_bound = smap.channels["gain.out"]
+    assert never_bound.state is C.DESTROYED and never_bound.force_closed
+
+
+def test_ready_stamps_initialized_at_once() -> None:
+    process = NodeProcess("gain", "Gain", session_id="s1", input_channels=["src.out"],
+                          output_channels=["gain.out"])
+    process.set_status(S.INITIALIZING)
+    assert process.initialized_at is None
+    process.set_status(S.READY)
+    first = process.initialized_at
+    assert first is not None
+    process.set_status(S.PROCESSING)
+    process.set_status(S.READY)
+    assert process.initialized_at == first
+
+
+def test_drop_mode_channel_tracks_no_occupancy() -> None:
+    channel = SharedMemoryChannel("c", 1024, backpressure=False)
+    assert channel.occupancy is None
+    with pytest.raises(ChannelError, match="without backpressure the occupancy is not tracked"):
+        channel.set_occupancy(1)
+    channel.force_close()
+    assert channel.occupancy is None and channel.force_closed

@@ -53,6 +53,16 @@ def test_healthy_chain_delivers_everything_in_order(host: Any, tmp_out: Path) ->
     assert all(not pid_alive(pid) for pid in pids.values())
 
 
+def test_an_async_node_runs_in_its_sandbox(host: Any, tmp_out: Path) -> None:
+    """The runner imports asyncio only for a node that needs it — after the sandbox is on."""
+    out = tmp_out / "result.json"
+    config = probe_chain(out, count=200, middle=[{"id": "fwd", "type": "AsyncForward"}])
+    result, _events = run(host, config)
+    assert result.ok, result.reason
+    summary = json.loads(out.read_text())
+    assert (summary["count"], summary["in_order"], summary["intact"]) == (200, True, True)
+
+
 def test_sandbox_layers_reported_in_status(host: Any, tmp_out: Path) -> None:
     result, events = run(host, probe_chain(tmp_out / "r.json", count=3))
     assert result.ok

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import resource
 import statistics
+import struct
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +21,7 @@ from nodehost import RuntimeData
 from nodehost.bench_runtime import iterations_per_ms, spin
 
 HEADER = 16  # payload starts with two little-endian uint64: sequence number and seed
+_HEAD = struct.Struct("<QQ")
 
 
 def fill_value(seq: int, seed: int) -> int:
@@ -25,7 +30,23 @@ def fill_value(seq: int, seed: int) -> int:
 
 def fill_probe(buf: np.ndarray, seq: int, seed: int) -> None:
     buf[HEADER:] = fill_value(seq, seed)
-    buf[:HEADER] = np.array([seq, seed], dtype="<u8").view(np.uint8)
+    _HEAD.pack_into(buf, 0, seq, seed)
+
+
+SMALL = 64 * 1024  # payloads up to this size are checked against a cached byte pattern
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(value: int, size: int) -> bytes:
+    return bytes([value]) * size
+
+
+def intact(body: np.ndarray, value: int) -> bool:
+    """Every byte of ``body`` is ``value`` (a bytes compare for small payloads: a numpy
+    reduction costs more than the whole hop of a 1 KiB message)."""
+    if body.size <= SMALL:
+        return body.tobytes() == _pattern(value, body.size)
+    return bool(np.all(body == value))
 
 
 class ProbeSource(nodehost.Node):
@@ -54,6 +75,12 @@ class Forward(nodehost.Node):
         return data
 
 
+class AsyncForward(nodehost.Node):
+    async def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        await asyncio.sleep(0)
+        return data
+
+
 class SlowInit(Forward):
     def initialize(self) -> None:
         steps = 10
@@ -63,6 +90,25 @@ class SlowInit(Forward):
         self.progress(1.0, "warm")
 
     def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        return data
+
+
+class Chatty(nodehost.Node):
+    """Prints ``lines`` numbered lines per message, alternately to stdout and stderr."""
+
+    def initialize(self) -> None:
+        self.seen = 0
+        self.printed = 0
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        self.seen += 1
+        for _ in range(self.params.lines):
+            self.printed += 1
+            stream = sys.stdout if self.printed % 2 else sys.stderr
+            print(f"chatty line {self.printed}", file=stream, flush=True)
+        if self.params.crash_after and self.seen >= self.params.crash_after:
+            print(f"chatty dies after {self.seen} messages", file=sys.stderr, flush=True)
+            os._exit(3)
         return data
 
 
@@ -89,11 +135,11 @@ class ProbeSink(nodehost.Node):
             self.first_mono = mono_ns / 1e9
         self.last_ts = now
         self.last_mono = mono_ns / 1e9
-        seq, seed = (int(v) for v in buf[:HEADER].view("<u8"))
+        seq, seed = _HEAD.unpack_from(buf)
         if seq != self.expected.get(seed, 0):
             self.in_order = False
         self.expected[seed] = seq + 1
-        if buf.size > HEADER and not bool(np.all(buf[HEADER:] == fill_value(seq, seed))):
+        if buf.size > HEADER and not intact(buf[HEADER:], fill_value(seq, seed)):
             self.intact = False
         self.sizes.add(int(buf.size))
         self.count += 1
