@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import soxr
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio
 
 
-class Resample(nodehost.Node):
+class ResampleParams(BaseModel):
+    """The params of Resample's manifest, typed (nodehost checks the names match)."""
+
+    sample_rate: int
+    quality: Literal['QQ', 'LQ', 'MQ', 'HQ', 'VHQ'] = 'HQ'
+
+
+class Resample(nodehost.Node[ResampleParams]):
     """Converts any input rate to ``sample_rate``.
 
     One ``soxr.ResampleStream`` carries its filter state across chunks, so chunk boundaries
