@@ -76,18 +76,24 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from nodehost.inspect_view import manifest_doc, render
+
     registry = _registry()
     node_type = registry.get(args.type)
-    data = node_type.manifest.model_dump(mode="json", exclude_none=True)
     if args.json:
+        data = node_type.manifest.model_dump(mode="json", exclude_none=True)
         print(json.dumps({"plugin": node_type.plugin, "source": node_type.source,
                           "manifest": data}, indent=2))
+        return EXIT_OK
+    if not args.yaml:
+        print(render(node_type))
         return EXIT_OK
     import yaml
 
     print(f"# {node_type.name} from {node_type.plugin} {node_type.plugin_version} "
           f"({node_type.source})")
-    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None).rstrip())
+    print(yaml.safe_dump(manifest_doc(node_type.manifest), sort_keys=False,
+                         default_flow_style=None, allow_unicode=True).rstrip())
     return EXIT_OK
 
 
@@ -252,9 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_nodes)
 
-    p = sub.add_parser("inspect", help="show one node type's manifest in full")
+    p = sub.add_parser("inspect", help="show one node type: ports, params, resources, sandbox")
     p.add_argument("type", help="node type, e.g. Gain")
-    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--yaml", action="store_true", help="the manifest as YAML")
+    form.add_argument("--json", action="store_true", help="the manifest and its source as JSON")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("validate", help="check a pipeline config (exit 0 valid, 2 invalid)")

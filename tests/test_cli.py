@@ -83,8 +83,23 @@ def test_console_script_and_module_agree(installed: Installed) -> None:
 
 # ------------------------------------------------------------------------------ inspect
 
-def test_inspect_yaml(installed: Installed) -> None:
+def test_inspect_table(installed: Installed) -> None:
     result = installed.run(["inspect", "FixtureGain"], "good")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "FixtureGain 2.0.1 — Multiply audio by a constant factor"
+    assert "  plugin      nodehost-fixture-good 1.2.3" in lines
+    assert "  in         audio   sample_rate 16000|48000, channels 1" in lines
+    params = lines.index("PARAMS")
+    assert lines[params + 1].split() == ["NAME", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"]
+    assert lines[params + 2].split() == ["gain", "number", "1.0", "≥", "0.0", "linear",
+                                         "factor"]
+    assert any(line.startswith("SANDBOX     network denied") for line in lines)
+    assert "RUNTIME     the host's Python environment" in lines
+
+
+def test_inspect_yaml(installed: Installed) -> None:
+    result = installed.run(["inspect", "FixtureGain", "--yaml"], "good")
     assert result.returncode == 0, result.stderr
     first, _ = result.stdout.split("\n", 1)
     assert first.startswith("# FixtureGain from nodehost-fixture-good 1.2.3 (")
@@ -94,6 +109,7 @@ def test_inspect_yaml(installed: Installed) -> None:
     assert manifest["entrypoint"] == "nodehost_fixture_good.nodes:Gain"
     assert manifest["inputs"]["in"]["sample_rate"] == [16000, 48000]
     assert manifest["params"]["gain"]["description"] == "linear factor"
+    assert "description: ''" not in result.stdout  # nothing left at its default
 
 
 def test_inspect_json(installed: Installed) -> None:
