@@ -153,7 +153,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, overrides=args.set or ())
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -227,8 +227,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(as_json=args.json)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:
+        raise NodehostError("shell completion needs shtab: pip install 'nodehost[completion]'"
+                            ) from None
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
 def _add_author_commands(sub: Any) -> None:
-    """``new`` (plugin scaffold) and ``doctor`` (what this machine offers)."""
+    """``new`` (plugin scaffold), ``doctor`` (what this machine offers), ``completion``."""
+    p = sub.add_parser("completion", help="print a shell completion script: "
+                                          "eval \"$(nodehost completion bash)\"")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p.set_defaults(func=cmd_completion)
     p = sub.add_parser("doctor", help="check kernel, sandbox layers, /dev/shm and plugins "
                                       "(exit 1 when something required is missing)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -271,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one session of a pipeline config")
     p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE",
+                   help="override a node's param, typed by its manifest (repeatable), e.g. "
+                        "--set asr.beam_size=2")
     p.add_argument("--events", choices=["json", "log", "live", "quiet"], default=None,
                    help="json: one JSON event per line on stdout; log: every state change; "
                         "live: terminal view (default when stdout is a terminal); quiet: "

@@ -8,10 +8,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nodehost.config import PipelineConfig, apply_overrides, load_config
 from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session, SessionResult
 
@@ -143,10 +144,17 @@ def _drop_outputs(session: Session) -> None:
             data.release()
 
 
-def run_pipeline(config: str | Path, events: str | None = None) -> int:
+def run_pipeline(config: str | Path, events: str | None = None,
+                 overrides: Sequence[str] = ()) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
     host = Host()
-    pipeline = host.validate(config)
+    target: str | Path | PipelineConfig = config
+    if overrides:  # `--set node.param=value`
+        try:
+            target = apply_overrides(load_config(config), overrides, host.registry.node_types)
+        except ConfigError as exc:
+            raise ConfigError(exc.issues, source=str(config)) from None
+    pipeline = host.validate(target)
     if pipeline.inputs:
         raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
                                           "fed by an application: embed the pipeline "

@@ -274,3 +274,24 @@ def test_a_missing_bundled_type_names_its_distribution(installed: Installed,
             "plugins/nodehost-lfm2audio") in result.stderr, result.stderr
     inspect = installed.run(["inspect", "VibeVoiceTTS"], "good")
     assert "provided by nodehost-vibevoice" in inspect.stderr
+
+
+# ------------------------------------------------------------------------------ conventions
+
+def test_version(installed: Installed) -> None:
+    import nodehost
+
+    result = installed.run(["--version"])
+    assert result.returncode == 0 and result.stdout == f"nodehost {nodehost.__version__}\n"
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    script = subprocess.run([sys.executable, "-m", "nodehost.cli", "completion", "bash"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    probe = script + (
+        '\nCOMP_WORDS=(nodehost ins); COMP_CWORD=1; _shtab_nodehost; echo "${COMPREPLY[@]}"'
+        '\nCOMP_WORDS=(nodehost run x.yaml --ev); COMP_CWORD=3; _shtab_nodehost; '
+        'echo "${COMPREPLY[@]}"\n')
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["inspect", "--events"]
