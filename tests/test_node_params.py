@@ -72,3 +72,22 @@ def test_bundled_nodes_get_their_typed_params() -> None:
     source = NodeHarness("TextSource", text="a\nb")
     assert type(source.node.params) is TextSourceParams
     assert [d.as_text() for d in source.generate()] == ["a", "b"]
+
+
+def test_every_installed_node_class_matches_its_manifest() -> None:
+    import importlib
+
+    from nodehost.discovery import discover
+
+    checked = 0
+    for node_type in discover().node_types.values():
+        module, _, name = node_type.manifest.entrypoint.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError:  # a node whose libraries live only in its own environment
+            continue
+        model = declared_params_model(cls)
+        if model is not None:
+            assert set(model.model_fields) == set(node_type.manifest.params), node_type.name
+            checked += 1
+    assert checked >= 15, checked
