@@ -810,3 +810,73 @@ def _topological_order(
                                            f"{', '.join(cyclic)}; pipelines must be acyclic"))
     return order
 
+
+
+# --------------------------------------------------------------------------- --set overrides
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _typed_value(raw: str, kind: str) -> Any:
+    """``raw`` (command-line text) as the manifest's param type; ValueError says why not."""
+    if kind == "string":
+        return raw
+    if kind == "integer":
+        return int(raw)
+    if kind == "number":
+        return float(raw)
+    if kind == "boolean":
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(f"{raw!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+    value = yaml.safe_load(raw)  # array / object: YAML flow syntax, e.g. [1, 2] or {a: 1}
+    expected = list if kind == "array" else dict
+    if not isinstance(value, expected):
+        raise ValueError(f"{raw!r} is not an {kind} (write it in YAML: "
+                         f"{'[1, 2]' if kind == 'array' else '{a: 1}'})")
+    return value
+
+
+def apply_overrides(config: PipelineConfig, overrides: Iterable[str],
+                    node_types: Mapping[str, Any]) -> PipelineConfig:
+    """``config`` with ``NODE.PARAM=VALUE`` overrides (``nodehost run --set``) applied, each
+    value typed by the node type's manifest. Ranges and enums are checked afterwards by
+    ``validate_pipeline``, like any param, at ``nodes[i].params.PARAM``."""
+    issues: list[Issue] = []
+    nodes = [n.model_copy(deep=True) for n in config.nodes]
+    by_id = {n.id: n for n in nodes}
+    for item in overrides:
+        loc = f"--set {item}"
+        target, eq, raw = item.partition("=")
+        node_id, dot, param = target.partition(".")
+        if not eq or not dot or not node_id or not param:
+            issues.append(Issue(loc, "expected NODE.PARAM=VALUE, e.g. asr.beam_size=2"))
+            continue
+        node = by_id.get(node_id)
+        if node is None:
+            issues.append(Issue(loc, f"no node {node_id!r} in the config"
+                                     f"{_closest(node_id, by_id)}"))
+            continue
+        node_type = node_types.get(node.type)
+        if node_type is None:  # validate_pipeline reports the unknown type itself
+            node.params[param] = raw
+            continue
+        spec = node_type.manifest.params.get(param)
+        if spec is None:
+            known = ", ".join(node_type.manifest.params) or "none"
+            issues.append(Issue(loc, f"{node.type} has no param {param!r}"
+                                     f"{_closest(param, node_type.manifest.params)}; its "
+                                     f"params: {known}"))
+            continue
+        try:
+            node.params[param] = _typed_value(raw, spec.type)
+        except ValueError as exc:
+            why = str(exc) if spec.type in ("boolean", "array", "object") else \
+                f"{raw!r} is not an {spec.type}" if spec.type == "integer" else \
+                f"{raw!r} is not a {spec.type}"
+            issues.append(Issue(loc, f"{node.type}.{param}: {why}"))
+    if issues:
+        raise ConfigError(issues)
+    updated = config.model_copy(update={"nodes": nodes})
+    updated._base_dir = config._base_dir
+    return updated

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import soxr
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio
@@ -23,7 +26,15 @@ def remix(frames: np.ndarray, channels: int) -> np.ndarray:
                      "downmix) or from 1 (a copy to each)")
 
 
-class Resample(nodehost.Node):
+class ResampleParams(BaseModel):
+    """The params of Resample's manifest, typed (nodehost checks the names match)."""
+
+    sample_rate: int
+    quality: Literal['QQ', 'LQ', 'MQ', 'HQ', 'VHQ'] = 'HQ'
+    channels: int | None = None
+
+
+class Resample(nodehost.Node[ResampleParams]):
     """Converts any input rate to ``sample_rate``, and the channel count to ``channels``.
 
     One ``soxr.ResampleStream`` carries its filter state across chunks, so chunk boundaries

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
+from pydantic import BaseModel
 
 import nodehost
 from nodehost.outputs import OutputFile
 from nodehost_audio._audio import audio_format, frames_of, make_audio, ms_to_frames
 
 
-class WavSource(nodehost.Node):
+class WavSourceParams(BaseModel):
+    """The params of WavSource's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    chunk_ms: float = 20.0
+    realtime: bool = False
+    mono: bool = False
+
+
+class WavSource(nodehost.Node[WavSourceParams]):
     """Emits a sound file as float32 chunks of ``chunk_ms``, then ends the stream."""
 
     def initialize(self) -> None:
@@ -73,7 +83,15 @@ class WavSource(nodehost.Node):
             self._file = None
 
 
-class WavSink(nodehost.Node):
+class WavSinkParams(BaseModel):
+    """The params of WavSink's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    subtype: Literal['PCM_16', 'PCM_24', 'FLOAT'] = 'PCM_16'
+    empty_sample_rate: int = 16000
+
+
+class WavSink(nodehost.Node[WavSinkParams]):
     """Writes its input to ``path`` at the rate and channel count of the first chunk.
 
     The file is written under a temporary name (``nodehost.outputs.OutputFile``) and put at
