@@ -92,12 +92,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from nodehost import remote
     from nodehost.config import load_config, validate_pipeline
 
     config = load_config(args.config)
     registry = _registry()
     try:
-        pipeline = validate_pipeline(config, registry.node_types)
+        if remote.placed(config):  # nodes on other machines: ask their agents
+            pipeline, notes = remote.validate_placed(config, registry)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        else:
+            pipeline = validate_pipeline(config, registry.node_types)
     except ConfigError as exc:
         raise ConfigError(exc.issues, source=str(args.config)) from None
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
@@ -147,7 +153,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from nodehost.config import load_config, validate_pipeline
+    from nodehost.graph import RENDERED, picture
+
+    if args.format in RENDERED and args.output is None and sys.stdout.isatty():
+        print(f"error: --format {args.format} is binary: write it with -o FILE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config)
+    try:
+        pipeline = validate_pipeline(config, _registry().node_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(args.config)) from None
+    data = picture(pipeline, args.format, args.stats)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({args.format}, {len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -162,6 +191,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     code: int = envs.main(args.env_args)
     return code
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from nodehost import agent
+
+    return agent.main(args.agent_args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -267,7 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one JSON event per line on stdout; log: every state change; "
                         "live: terminal view (default when stdout is a terminal); quiet: "
                         "node logs, errors and the summary (default otherwise)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write every node's output lines and log records to DIR/<node>.log")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
+                   help="mermaid (default) and dot are text; svg and png need Graphviz")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--stats", metavar="EVENTS",
+                   help="annotate with a saved run: `nodehost run CONFIG --events json > "
+                        "EVENTS` (rates, occupancy, drops, blocked time)")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
                        add_help=False)
@@ -278,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("env_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("agent", help="run nodes placed on this machine by coordinators "
+                                     "elsewhere (Zenoh; token from NODEHOST_AGENT_TOKEN)",
+                       add_help=False)
+    p.add_argument("agent_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_agent)
+
 
     add_serve_parser(sub)
 
@@ -291,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with parsers of their own (and heavy imports): their arguments, --help
 # included, go to them untouched.
-_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args")}
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args"),
+              "agent": (cmd_agent, "agent_args")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,10 @@ NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
+MACHINE_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+LOCAL_MACHINE = "local"  # the machine running the session; not a name for `machines:`
+# A Zenoh locator an agent listens on: "tcp/10.0.0.2:7447", "tls/gpu1.lan:7447", ...
+LOCATOR = r"^(tcp|tls|quic|udp)/[^\s/]+:[0-9]{1,5}$"
 SESSION_PORT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -90,6 +94,9 @@ class NodeConfig(_Strict):
         description="environment variables for the node's process (e.g. CT2_USE_MKL, "
                     "OMP_NUM_THREADS); the host's own environment is scrubbed",
     )
+    machine: str | None = Field(
+        default=None, description="a name from `machines:` (default: the machine running "
+                                  "the session)")
 
     @field_validator("id")
     @classmethod
@@ -153,6 +160,28 @@ class Connection(_Strict):
         return capacity
 
 
+class MachineConfig(_Strict):
+    """A host running `nodehost agent`, reachable over Zenoh."""
+
+    connect: str = Field(json_schema_extra={"pattern": LOCATOR},
+                         description='the agent\'s Zenoh locator, e.g. "tcp/10.0.0.2:7447"')
+    token_env: str = Field(json_schema_extra={"pattern": ENV_NAME},
+                           description="the environment variable holding the agent's token "
+                                       "(never the token itself)")
+
+    @field_validator("connect")
+    @classmethod
+    def _connect(cls, connect: str) -> str:
+        return check_pattern(connect, LOCATOR, 'a Zenoh locator like "tcp/10.0.0.2:7447"')
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, name: str) -> str:
+        return check_pattern(name, ENV_NAME, "an environment variable name (the variable "
+                                             "holds the token; the token never goes in the "
+                                             "config)")
+
+
 class PipelineConfig(_Strict):
     # Where relative paths (sandbox grants, params with format "path") are resolved from:
     # the config file's folder, or the working directory for configs built in code.
@@ -175,12 +204,25 @@ class PipelineConfig(_Strict):
                     "output port)",
         json_schema_extra={"propertyNames": {"pattern": SESSION_PORT_NAME}},
     )
+    machines: dict[str, MachineConfig] = Field(
+        default_factory=dict, description="hosts running `nodehost agent`, by name")
 
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
         return check_pattern(name, PIPELINE_NAME, "a valid pipeline name (letters, digits, "
                                                   "_ . and -)")
+
+    @field_validator("machines")
+    @classmethod
+    def _machine_names(cls, machines: dict[str, MachineConfig]) -> dict[str, MachineConfig]:
+        for name in machines:
+            if name == LOCAL_MACHINE:
+                raise PydanticCustomError(
+                    "machine_name", "{name} is reserved for the machine running the session; "
+                    "nodes without `machine:` run there", {"name": repr(name)})
+            check_pattern(name, MACHINE_NAME, "a machine name (letters, digits, _ and -)")
+        return machines
 
 
 # --------------------------------------------------------------------------- loading
@@ -461,9 +503,10 @@ def validate_pipeline(
         declared[node_cfg.id] = index
         node_type = node_types.get(node_cfg.type)
         if node_type is None:
+            from nodehost.discovery import unknown_type_hint
+
             issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
-                                               f"{_closest(node_cfg.type, node_types)}; "
-                                               "`nodehost nodes` lists the installed ones"))
+                                               f"{unknown_type_hint(node_cfg.type, node_types)}"))
             continue
         manifest = node_type.manifest
         try:
@@ -476,6 +519,7 @@ def validate_pipeline(
             index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
         )
 
+    issues.extend(placement_issues(config))
     if config.max_processes is not None and len(config.nodes) > config.max_processes:
         issues.append(Issue("max_processes", f"the pipeline has {len(config.nodes)} nodes, each "
                                              f"its own process, but max_processes is "
@@ -618,6 +662,18 @@ def _common_spec(ports: list[tuple[Endpoint, PortSpec]], loc: str,
                 return None
             update[what] = common
     return spec.model_copy(update={**update, "description": ""})
+
+
+def placement_issues(config: PipelineConfig) -> list[Issue]:
+    """Every ``nodes[i].machine`` must name an entry of ``machines:``."""
+    issues = []
+    for index, node in enumerate(config.nodes):
+        if node.machine not in (None, LOCAL_MACHINE) and node.machine not in config.machines:
+            known = ", ".join(sorted(config.machines)) or "none declared"
+            issues.append(Issue(f"nodes[{index}].machine", f"unknown machine {node.machine!r}"
+                                f"{_closest(node.machine, config.machines)} (machines: "
+                                f"{known}); declare it under `machines:`"))
+    return issues
 
 
 def _topological_order(

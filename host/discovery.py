@@ -38,6 +38,17 @@ HOOK_TIMEOUT_S = 10.0
 EVENT_HOOK_TIMEOUT_S = 1.0
 
 log = logging.getLogger("nodehost.discovery")
+
+# The node types of the plugins in nodehost's own plugins/ folder: a config that names one
+# which is not installed is told what to install (tests/test_discovery.py checks this table
+# against those manifests).
+BUNDLED_NODE_TYPES: dict[str, str] = {
+    **dict.fromkeys(("AudioBuffer", "AudioChunker", "Gain", "Resample", "WavSink", "WavSource"),
+                    "nodehost-audio"),
+    "LFM2Audio": "nodehost-lfm2audio",
+    **dict.fromkeys(("PiperTTS", "ReplyText", "SileroVAD", "WhisperASR"), "nodehost-speech"),
+    "VibeVoiceTTS": "nodehost-vibevoice",
+}
 T = TypeVar("T")
 
 
@@ -287,10 +298,8 @@ class Registry:
         try:
             return self.node_types[node_type]
         except KeyError:
-            close = difflib.get_close_matches(node_type, list(self.node_types), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise DiscoveryError(f"unknown node type {node_type!r}{hint}; "
-                                 "`nodehost nodes` lists the installed ones") from None
+            raise DiscoveryError(f"unknown node type {node_type!r}"
+                                 f"{unknown_type_hint(node_type, self.node_types)}") from None
 
     def notify(self, event: Mapping[str, Any]) -> None:
         """Deliver a session event to every plugin; a failing plugin is logged and skipped.
@@ -324,6 +333,18 @@ class Registry:
             elif "error" in box:
                 log.warning("plugin %s: nodehost_session_event failed: %s", name,
                             _describe(box["error"]))
+
+
+def unknown_type_hint(node_type: str, known: Iterable[str]) -> str:
+    """What to say after "unknown node type 'X'": the distribution that provides a bundled
+    type, else the closest installed names."""
+    dist = BUNDLED_NODE_TYPES.get(node_type)
+    if dist is not None:
+        return (f"; it is provided by {dist}, which is not installed: "
+                f"pip install -e plugins/{dist} (in a nodehost checkout)")
+    close = difflib.get_close_matches(node_type, list(known), n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return f"{hint}; `nodehost nodes` lists the installed ones"
 
 
 def discover(*, plugins: Iterable[object] = (), disabled: Iterable[str] = (),

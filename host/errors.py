@@ -119,3 +119,7 @@ class SessionEnded(SessionError):
 class SessionFailed(SessionEnded):
     """The session failed (a node crashed, failed or timed out): ``result`` names the node
     and the cause. Raised by ``send()`` and ``outputs()`` instead of hanging."""
+
+
+class MachineError(SessionError):
+    """Another machine's agent could not be reached, refused a request, or answered falsely."""

@@ -158,6 +158,7 @@ class Runner:
                 if message["t"] == "start":
                     self.started = True
                     self.last_stats = time.monotonic()  # busy counts from the start on
+                    self.next_stats_ns = int((self.last_stats + self.stats_interval_s) * 1e9)
                     self.busy_ns = 0
                     if block:
                         return

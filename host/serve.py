@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import json
@@ -169,6 +170,11 @@ class Lease:
         result = await asyncio.to_thread(self.session.stop, reason)
         if self._pump is not None:
             await asyncio.to_thread(self._pump.join)
+        # A send that was blocked when its client left ends in an exception whose traceback
+        # (a reference cycle) still holds the session's iceoryx2 ports, and with them the
+        # host's iceoryx2 node of that session: collect it now, not at some later GC pass,
+        # so a long-running server leaves nothing behind per session.
+        gc.collect()
         return result
 
 

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from nodehost.lifecycle import (
     SessionProcessMap,
     SharedMemoryChannel,
 )
+from nodehost.nodelog import NodeOutput
 from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
 
 log = logging.getLogger("nodehost.session")
@@ -53,7 +53,7 @@ log = logging.getLogger("nodehost.session")
 HEARTBEAT_S = 2.0  # a node still initializing is reported at least this often
 STOP_GRACE_S = 0.1  # after a stop request, wait this long before SIGTERM
 KILL_GRACE_S = 1.0  # ... and this long before SIGKILL
-STDERR_TAIL = 8192
+OUTPUT_TAIL_LINES = 10  # a crash report quotes this many of the node's last output lines
 
 S = ProcessStatus
 
@@ -65,6 +65,7 @@ class SessionResult:
     failed_node: str | None = None
     failed_node_type: str | None = None
     duration_s: float = 0.0
+    failed_machine: str | None = None  # sessions spread over machines (nodehost.remote)
 
 
 @dataclass
@@ -75,7 +76,7 @@ class _Child:
     sock: socket.socket
     pidfd: int
     tmp_dir: str
-    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=64))
+    output: NodeOutput
     done: bool = False
     error: str | None = None
     error_kind: str | None = None
@@ -111,11 +112,12 @@ class Session(SessionIO):
     through ``SessionIO``, the host's ends of its session inputs and outputs)."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
-                 python: str | None = None) -> None:
+                 python: str | None = None, session_id: str | None = None) -> None:
         self.host = host
         self.pipeline = pipeline
         self.name = pipeline.config.name
-        self.id = new_session_id(self.name)
+        # a given id: one machine's part of a session spread over machines (nodehost.remote)
+        self.id = session_id or new_session_id(self.name)
         self.launches = plan_session(pipeline, self.id)
         for launch in self.launches:
             launch.stats_interval_s = host.stats_interval_s
@@ -315,7 +317,8 @@ class Session(SessionIO):
                                   session_id=self.id,
                                   input_channels=[p.channel for p in launch.inputs],
                                   output_channels=[p.channel for p in launch.outputs])
-            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
+            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir,
+                           NodeOutput(launch.node_id, self.host.log_dir))
             with self._lock:
                 self._map.add_process(process)
                 self._children[launch.node_id] = child
@@ -456,6 +459,7 @@ class Session(SessionIO):
             self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == "log":
+            child.output.record(message.get("level", "INFO"), message.get("message", ""))
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
 
@@ -467,6 +471,8 @@ class Session(SessionIO):
         return f"{reason}; the error: {detail}" if detail else reason
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        """A node's stdout/stderr: always read (a full pipe would block the node), lines
+        kept for crash reports and --log-dir, emitted as ``log`` events within a budget."""
         assert child.popen.stdout is not None
         try:
             chunk = os.read(child.popen.stdout.fileno(), 65536)
@@ -476,14 +482,12 @@ class Session(SessionIO):
             chunk = b""
         if not chunk:
             sel.unregister(child.popen.stdout)
-            return
-        child.stderr_tail.append(chunk)
-        for line in chunk.decode(errors="replace").splitlines():
-            log.debug("[%s] %s", child.launch.node_id, line)
+        for line in child.output.feed(chunk):
+            self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                       level="OUTPUT", message=line)
 
     def _output_tail(self, child: _Child) -> str:
-        text = b"".join(child.stderr_tail)[-STDERR_TAIL:].decode(errors="replace").strip()
-        return text.splitlines()[-1] if text else ""
+        return "\n".join(child.output.last_lines(OUTPUT_TAIL_LINES))
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
@@ -513,7 +517,8 @@ class Session(SessionIO):
                     returncode == EXIT_MEMORY_LIMIT
                     or (returncode != 0 and is_allocation_failure(tail))):
                 # e.g. an uncaught std::bad_alloc: abort() after printing what it was
-                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
+                last = tail.splitlines()[-1] if tail else ""
+                detail = f"it {describe_exit(returncode)}" + (f": {last}" if last else "")
                 cause, kind = self._memory_reason(child, "", detail), "memory"
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
@@ -521,7 +526,8 @@ class Session(SessionIO):
                 cause = describe_exit(returncode)
                 kind = "signal" if returncode < 0 else "exit"
                 if tail:
-                    cause += f" (last output: {tail[-200:]})"
+                    cause += "; its last output:\n" + "\n".join(
+                        f"    | {line}" for line in tail.splitlines())
             if not stopping or self._failure is None:
                 self._set_status(child, S.ERROR, error=cause)
                 self._fail(child, cause, kind)
@@ -572,6 +578,7 @@ class Session(SessionIO):
 
     def _release(self) -> None:
         for child in self._children.values():
+            child.output.close()
             child.sock.close()
             if child.popen.stdout is not None:
                 child.popen.stdout.close()
@@ -612,11 +619,14 @@ class Host:
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
                  on_event: Any = None, env_allow: Mapping[str, str] | None = None,
-                 stats_interval_s: float = stats.STATS_INTERVAL_S) -> None:
+                 stats_interval_s: float = stats.STATS_INTERVAL_S,
+                 log_dir: str | Path | None = None) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
         # how often runners report and sessions emit ``stats`` events
         self.stats_interval_s = stats_interval_s
+        # every node's output lines and log records, one file per node (``--log-dir``)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
@@ -630,8 +640,14 @@ class Host:
 
     def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
                       ) -> Session:
-        pipeline = self.validate(config)
-        session = Session(self, pipeline)
+        parsed = load_config(config)
+        session: Session
+        from nodehost import remote
+
+        if remote.placed(parsed):  # nodes on other machines: see nodehost.remote
+            session = remote.DistributedSession(self, parsed)
+        else:
+            session = Session(self, validate_pipeline(parsed, self.registry.node_types))
         with self._lock:
             if not session._finished.is_set():
                 self._sessions.append(session)

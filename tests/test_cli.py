@@ -106,7 +106,7 @@ def test_inspect_json(installed: Installed) -> None:
     assert data["manifest"]["params"]["frequency"]["default"] == 440.0
 
 
-@pytest.mark.parametrize(("name", "hint"), [("FixtureGian", "(did you mean FixtureGain"),
+@pytest.mark.parametrize(("name", "hint"), [("FixtureGian", "(did you mean 'FixtureGain'"),
                                             ("Nothing", "`nodehost nodes` lists")])
 def test_inspect_unknown_type(installed: Installed, name: str, hint: str) -> None:
     result = installed.run(["inspect", name], "good")
@@ -231,3 +231,30 @@ def test_help(installed: Installed, command: str | None) -> None:
 
 def test_every_subcommand_is_known() -> None:
     assert set(SUBCOMMANDS) >= {"nodes", "inspect", "validate", "run", "schema"}
+
+
+# ------------------------------------------------------------------------------ bundled types
+
+def test_bundled_node_types_table_matches_the_plugins_folder() -> None:
+    from nodehost.discovery import BUNDLED_NODE_TYPES
+
+    repo = Path(__file__).resolve().parents[1]
+    found = {}
+    for manifest in (repo / "plugins").glob("nodehost-*/nodehost_*/manifests/*.yaml"):
+        dist = manifest.parts[-4]
+        if dist != "nodehost-testnodes":  # test nodes are no one's missing dependency
+            found[yaml.safe_load(manifest.read_text())["node_type"]] = dist
+    assert found == BUNDLED_NODE_TYPES
+
+
+def test_a_missing_bundled_type_names_its_distribution(installed: Installed,
+                                                       tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"nodes": [{"id": "m", "type": "LFM2Audio"}]}))
+    result = installed.run(["validate", str(config)], "good")  # the bundled plugins disabled
+    assert result.returncode == 2
+    assert ("nodes[0].type: unknown node type 'LFM2Audio'; it is provided by "
+            "nodehost-lfm2audio, which is not installed: pip install -e "
+            "plugins/nodehost-lfm2audio") in result.stderr, result.stderr
+    inspect = installed.run(["inspect", "VibeVoiceTTS"], "good")
+    assert "provided by nodehost-vibevoice" in inspect.stderr

@@ -9,6 +9,7 @@ import os
 import resource
 import statistics
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -89,6 +90,25 @@ class SlowInit(Forward):
         self.progress(1.0, "warm")
 
     def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        return data
+
+
+class Chatty(nodehost.Node):
+    """Prints ``lines`` numbered lines per message, alternately to stdout and stderr."""
+
+    def initialize(self) -> None:
+        self.seen = 0
+        self.printed = 0
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        self.seen += 1
+        for _ in range(self.params.lines):
+            self.printed += 1
+            stream = sys.stdout if self.printed % 2 else sys.stderr
+            print(f"chatty line {self.printed}", file=stream, flush=True)
+        if self.params.crash_after and self.seen >= self.params.crash_after:
+            print(f"chatty dies after {self.seen} messages", file=sys.stderr, flush=True)
+            os._exit(3)
         return data
 
 
