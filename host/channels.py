@@ -751,7 +751,7 @@ class ChannelReader:
         self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
         self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
         self._ack_pending = 0
-        self._ack_every = max(1, DEPTH // 2)
+        self._ack_every = max(1, DEPTH // 4)
         self._borrowed = 0
         self._last_seq = 0
         self._last_ts = 0
