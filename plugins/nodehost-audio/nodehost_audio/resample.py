@@ -19,7 +19,8 @@ def remix(frames: np.ndarray, channels: int) -> np.ndarray:
     if have == channels:
         return frames
     if channels == 1:
-        return frames.mean(axis=1, keepdims=True, dtype=np.float32)
+        mono: np.ndarray = frames.mean(axis=1, keepdims=True, dtype=np.float32)
+        return mono
     if have == 1:
         return np.repeat(frames, channels, axis=1)
     raise ValueError(f"Resample cannot map {have} channels to {channels}: only to 1 (a "

@@ -70,7 +70,7 @@ class MemoryHogParams(BaseModel):
     """The params of MemoryHog's manifest, typed (nodehost checks the names match)."""
 
     stage: Literal['none', 'initialize', 'process'] = 'none'
-    how: Literal['python', 'native'] = 'python'
+    how: Literal['python', 'native', 'abort'] = 'python'
     chunk_mb: int = 16
     total_mb: int = 0
 

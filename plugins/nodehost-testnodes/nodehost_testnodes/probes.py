@@ -12,7 +12,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -148,6 +148,8 @@ class ProbeSinkParams(BaseModel):
 
     out_path: str
     delay_ms: float = 0.0
+    cleanup_s: float = 0.0
+    cleanup_path: str | None = None
 
 
 class ProbeSink(nodehost.Node[ProbeSinkParams]):
@@ -214,7 +216,14 @@ class ProbeSink(nodehost.Node[ProbeSinkParams]):
                 fh.write("cleaned")
 
 
-class FileReader(nodehost.Node):
+class FileReaderParams(BaseModel):
+    """The params of FileReader's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    reader: Literal["open", "soundfile"] = "open"
+
+
+class FileReader(nodehost.Node[FileReaderParams]):
     def generate(self) -> Iterator[RuntimeData]:
         if self.params.reader == "soundfile":
             import soundfile
@@ -226,7 +235,13 @@ class FileReader(nodehost.Node):
         yield RuntimeData.text(str(size))
 
 
-class ProbeMerge(nodehost.Node):
+class ProbeMergeParams(BaseModel):
+    """The params of ProbeMerge's manifest, typed (nodehost checks the names match)."""
+
+    out_path: str
+
+
+class ProbeMerge(nodehost.Node[ProbeMergeParams]):
     """Two inputs, each checked like ProbeSink checks its one; the summary is per port."""
 
     def initialize(self) -> None:
@@ -234,7 +249,7 @@ class ProbeMerge(nodehost.Node):
 
     def process(self, data: RuntimeData, port: str) -> None:
         buf = data.as_array().view(np.uint8).reshape(-1)
-        seq, seed = _HEAD.unpack_from(buf)
+        seq, seed = _HEAD.unpack_from(buf.data)
         state = self.ports.setdefault(port, {"count": 0, "in_order": True, "intact": True,
                                              "seeds": {}})
         if seq != state["seeds"].get(str(seed), 0):
