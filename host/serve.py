@@ -47,6 +47,7 @@ from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
 from nodehost.data import monotonic_stamp
 from nodehost.errors import NodehostError, SessionEnded, WireFormatError
+from nodehost.errors import ServeUsageError as ServeUsageError
 from nodehost.lifecycle import ProcessStatus
 from nodehost.session import Host, Session, SessionResult
 
@@ -58,10 +59,6 @@ EVENT_QUEUE = 256                     # events waiting for one slow client, befo
 DROPPABLE = frozenset({"stats", "progress", "log"})
 LIVE = frozenset({ProcessStatus.READY.value, ProcessStatus.PROCESSING.value})
 REFILL_BACKOFF_S = (1.0, 30.0)        # a warm session that fails to start: retry after 1..30 s
-
-
-class ServeUsageError(NodehostError):
-    """Options ``nodehost serve`` refuses to start with."""
 
 
 @dataclass(frozen=True)
