@@ -46,11 +46,12 @@ from nodehost.data import RuntimeData, SampleHold, copy_out, inherited_origin, m
 from nodehost.errors import ChannelClosed as ChannelClosed
 from nodehost.errors import ChannelError, WireFormatError
 from nodehost.errors import ChannelTimeout as ChannelTimeout
+from nodehost.plan import MAX_FAN_OUT
 
 DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
 BORROW = 8               # received messages a reader may hold zero-copy; beyond, copies
 LOANS = 2                # samples a writer may have loaned (being filled) at once
-MAX_READERS = 16         # upper bound of subscribers of one channel
+MAX_READERS = MAX_FAN_OUT  # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -744,7 +745,7 @@ class ChannelReader:
         self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
         self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
         self._ack_pending = 0
-        self._ack_every = max(1, DEPTH // 2)
+        self._ack_every = max(1, DEPTH // 4)
         self._borrowed = 0
         self._last_seq = 0
         self._last_ts = 0

@@ -69,6 +69,7 @@ class Cause(StrEnum):
     """An ``error``'s optional ``cause``: what the host reports the failure as."""
 
     MEMORY = "memory"  # the node hit its memory limit
+    SANDBOX = "sandbox"  # the sandbox denied a path (``path`` and the ``grant`` to add)
 
 
 class ExitCode(IntEnum):

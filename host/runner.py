@@ -98,6 +98,8 @@ class Runner:
         self.next_stats_ns = 0  # loops compare their own clock reading with this, per message
         self.io: NodeIO | None = None
         self.node: Any = None
+        self.sandbox: Any = None  # the SandboxPlan applied to this process
+        self.layers: list[str] = []
         self.started = False
         self.first_output_ts: float | None = None
         self.next_poll = 0.0
@@ -258,17 +260,20 @@ def run_node(runner: Runner) -> int:
                 writer.on_blocked = runner.stats
                 writer.blocked_tick_s = runner.stats_interval_s
             # Every reader is open before the session starts any source: each message is its.
+            # Sized like the writer sizes it: whichever end comes first creates the channel.
             readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
-                                                  backpressure=p.backpressure, from_start=True)
+                                                  backpressure=p.backpressure, from_start=True,
+                                                  max_subscribers=p.subscribers)
                        for p in launch.inputs}
-            layers = sandbox.apply(sandbox.SandboxPlan(
+            runner.sandbox = sandbox.SandboxPlan(
                 network=launch.network,
                 fs_read=tuple(launch.fs_read),
                 fs_write=tuple(launch.fs_write),
                 tmp_dir=launch.tmp_dir,
                 memory_mb=launch.memory_mb,
                 plugin_paths=tuple(launch.plugin_paths),
-            ))
+            )
+            layers = runner.layers = sandbox.apply(runner.sandbox)
         except Exception as exc:
             runner.report(Kind.ERROR, stage=Stage.SETUP, error=describe(exc),
                           traceback=traceback.format_exc())
@@ -483,7 +488,14 @@ class NodeIO:
                           memory_limit_mb=runner.launch.memory_mb, memory_used=used,
                           traceback=node_traceback(exc))
             return ExitCode.MEMORY_LIMIT
-        runner.report(Kind.ERROR, stage=stage, error=describe(exc), traceback=node_traceback(exc))
+        denied = sandbox.denied_path(exc, runner.sandbox) if runner.sandbox else None
+        if denied is not None and "landlock_fs" in runner.layers:
+            path, grant = denied
+            runner.report(Kind.ERROR, stage=stage, cause=Cause.SANDBOX, error=describe(exc),
+                          path=path, grant=grant, traceback=node_traceback(exc))
+        else:
+            runner.report(Kind.ERROR, stage=stage, error=describe(exc),
+                          traceback=node_traceback(exc))
         try:
             if runner.node is not None:
                 runner.resolve(runner.node.cleanup())

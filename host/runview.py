@@ -8,13 +8,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodehost.errors import ConfigError, HostClosed, Issue, NodehostError
 
 if TYPE_CHECKING:  # imported when used: the signal handlers go in before anything heavy
+    from nodehost.config import PipelineConfig
     from nodehost.session import Host, Session
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -295,7 +296,7 @@ def _drop_outputs(session: Session) -> None:
 
 
 def run_pipeline(config: str | Path, events: str | None = None,
-                 log_dir: str | Path | None = None) -> int:
+                 log_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
     timeline = Timeline()
     session: Session | None = None
@@ -305,7 +306,16 @@ def run_pipeline(config: str | Path, events: str | None = None,
 
             host = Host(log_dir=log_dir)
             signals.attach(host)
-            pipeline = host.validate(config)
+            target: str | Path | PipelineConfig = config
+            if overrides:  # `--set node.param=value`
+                from nodehost.config import apply_overrides, load_config
+
+                try:
+                    target = apply_overrides(load_config(config), overrides,
+                                             host.registry.node_types)
+                except ConfigError as exc:
+                    raise ConfigError(exc.issues, source=str(config)) from exc
+            pipeline = host.validate(target)
             if pipeline.inputs:
                 raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) "
                                                   "are fed by an application: embed the pipeline "

@@ -534,6 +534,11 @@ class Session(SessionIO):
             if child.error_kind == Cause.MEMORY:
                 reason = self._memory_reason(child, where, child.error)
                 memory = message.get("memory_used")
+            elif child.error_kind == Cause.SANDBOX:
+                index = self.pipeline.nodes[child.launch.node_id].index
+                reason = (f"was denied {message.get('path')} by its sandbox{where}; add its "
+                          f"folder to nodes[{index}].sandbox.{message.get('grant')}; the "
+                          f"error: {child.error}")
             else:
                 reason = f"failed{where}: {child.error}"
             tb = message.get("traceback")
@@ -569,8 +574,8 @@ class Session(SessionIO):
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level="OUTPUT", message=line)
 
-    def _output_tail(self, child: _Child) -> str:
-        return "\n".join(child.output.last_lines(OUTPUT_TAIL_LINES))
+    def _output_tail(self, child: _Child, lines: int = OUTPUT_TAIL_LINES) -> str:
+        return "\n".join(child.output.last_lines(lines))
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
@@ -596,13 +601,21 @@ class Session(SessionIO):
             from nodehost.sandbox import is_allocation_failure
 
             tail = self._output_tail(child)
+            memory = None
+            allocation = next((line for line in self._output_tail(child, lines=8).splitlines()
+                               if is_allocation_failure(line)), None)
             if child.launch.memory_mb is not None and (
-                    returncode == ExitCode.MEMORY_LIMIT
-                    or (returncode != 0 and is_allocation_failure(tail))):
-                # e.g. an uncaught std::bad_alloc: abort() after printing what it was
-                last = tail.splitlines()[-1] if tail else ""
-                detail = f"it {describe_exit(returncode)}" + (f": {last}" if last else "")
-                cause, kind = self._memory_reason(child, "", detail), str(Cause.MEMORY)
+                    returncode == ExitCode.MEMORY_LIMIT or (returncode != 0 and allocation)):
+                # e.g. a native library aborting on a failed allocation (Rust's "memory
+                # allocation of N bytes failed", an uncaught std::bad_alloc): the kernel
+                # refused to go past the limit, so that is where the node was.
+                where = {S.INITIALIZING: " in initialize()",
+                         S.PROCESSING: " in process()" if child.launch.inputs
+                         else " in generate()"}.get(child.process.status, "")
+                detail = f"it {describe_exit(returncode)}" + \
+                    (f": {(allocation or tail)[-200:]}" if allocation or tail else "")
+                cause, kind = self._memory_reason(child, where, detail), str(Cause.MEMORY)
+                memory = child.launch.memory_mb << 20
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
@@ -612,7 +625,7 @@ class Session(SessionIO):
                     cause += "; its last output:\n" + "\n".join(
                         f"    | {line}" for line in tail.splitlines())
             if not stopping or self._failure is None:
-                self._set_status(child, S.ERROR, error=cause)
+                self._set_status(child, S.ERROR, error=cause, memory=memory)
                 self._fail(child, cause, kind)
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
