@@ -43,7 +43,9 @@ import numpy as np
 
 from nodehost import wire
 from nodehost.data import RuntimeData, SampleHold, copy_out, inherited_origin, monotonic_stamp
+from nodehost.errors import ChannelClosed as ChannelClosed
 from nodehost.errors import ChannelError, WireFormatError
+from nodehost.errors import ChannelTimeout as ChannelTimeout
 from nodehost.plan import MAX_FAN_OUT
 
 DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
@@ -80,14 +82,6 @@ class _Ack(ctypes.Structure):
                 ("reserved", ctypes.c_uint32)]
 
 
-class ChannelClosed(ChannelError):
-    """The channel (or its whole data plane) was closed or shut down while in use."""
-
-
-class ChannelTimeout(ChannelError):
-    """A blocking channel operation did not complete in time."""
-
-
 def _duration(seconds: float) -> Any:
     return iox2.Duration.from_secs_f64(max(0.0, min(seconds, _FOREVER)))
 
@@ -96,7 +90,7 @@ def _service_name(name: str) -> Any:
     try:
         return iox2.ServiceName.new(name)
     except Exception as exc:
-        raise ChannelError(f"invalid channel name {name!r}: {exc!r}") from None
+        raise ChannelError(f"invalid channel name {name!r}: {exc!r}") from exc
 
 
 def _open_or_create(name: str, opener: Callable[[], Any], creator: Callable[[], Any]) -> Any:
@@ -115,13 +109,13 @@ def _open_or_create(name: str, opener: Callable[[], Any], creator: Callable[[], 
                 raise ChannelError(f"channel {name!r} exists with incompatible settings "
                                    f"({exc!r}): both ends must agree on backpressure, and "
                                    "the writer's max_subscribers must cover every reader"
-                                   ) from None
+                                   ) from exc
             last = exc
         try:
             return creator()
         except Exception as exc:
             last = exc
-    raise ChannelError(f"cannot open or create channel {name!r}: {last!r}")
+    raise ChannelError(f"cannot open or create channel {name!r}: {last!r}") from last
 
 
 class DataPlane:
@@ -610,7 +604,7 @@ class ChannelWriter:
             self._unreserve(nbytes)
             raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
                                f"shared memory ({exc!r}); at most {LOANS} loans at once"
-                               ) from None
+                               ) from exc
 
     def _send_sample(self, sample: Any, kind: int, nbytes: int,
                      fields: tuple[Any, ...], origin_ns: int = 0) -> None:

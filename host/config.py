@@ -245,7 +245,7 @@ def load_document(path: str | Path) -> Any:
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a config file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":

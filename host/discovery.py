@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from nodehost import hookspecs
 from nodehost.errors import DiscoveryError, pydantic_issues
+from nodehost.errors import HookTimeout as HookTimeout
 from nodehost.manifest import NodeManifest
 
 ENTRY_POINT_GROUP = "nodehost"
@@ -83,10 +84,6 @@ class PluginInfo:
     entry_point: str
     hooks: list[str] = field(default_factory=list)
     node_types: list[str] = field(default_factory=list)
-
-
-class HookTimeout(Exception):
-    """A plugin's import or hook did not return in time."""
 
 
 def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:

@@ -48,8 +48,16 @@ from nodehost.channels import (
     DataPlane,
 )
 from nodehost.data import RuntimeData
-from nodehost.errors import SessionEnded, SessionError, SessionFailed, WireFormatError
-from nodehost.wire import InvalidRuntimeData
+from nodehost.errors import (
+    InvalidRuntimeData,
+    SessionEnded,
+    SessionError,
+    SessionFailed,
+    WireFormatError,
+)
+from nodehost.errors import (
+    SendTimeout as SendTimeout,
+)
 
 if TYPE_CHECKING:
     from nodehost.config import SessionPort, ValidatedPipeline
@@ -65,10 +73,6 @@ class _Pending:
 
 
 _PENDING = _Pending()
-
-
-class SendTimeout(ChannelTimeout, TimeoutError):
-    """``send()`` or ``close_input()`` waited ``timeout`` seconds for room in the channel."""
 
 
 def check_accepts(port: SessionPort, data: RuntimeData) -> None:

@@ -55,6 +55,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodehost.errors import EnvBuildError as EnvBuildError
+from nodehost.errors import EnvError as EnvError
+from nodehost.errors import InterpreterNotFound as InterpreterNotFound
 from nodehost.errors import NodehostError
 
 if TYPE_CHECKING:
@@ -83,32 +86,6 @@ RUNNER_REQUIREMENTS_FALLBACK = (
 )
 _PROBE = ("import sys, platform; print(sys.executable); "
           "print(platform.python_implementation(), platform.python_version())")
-
-
-class EnvError(NodehostError):
-    """A node's Python environment could not be found or built."""
-
-
-class InterpreterNotFound(EnvError):
-    def __init__(self, version: str, searched: Sequence[str]) -> None:
-        self.version = version
-        self.searched = list(searched)
-        where = "\n  ".join(self.searched)
-        super().__init__(
-            f"Python {version} not found; searched:\n  {where}\n"
-            f"Install it (e.g. `pyenv install {version}`, `uv python install {version}` or "
-            f"your distribution's python{version} package) or put python{version} on PATH, "
-            f"or set NODEHOST_PYTHON_{version.replace('.', '_')} to its path.")
-
-
-class EnvBuildError(EnvError):
-    """pip (or venv) failed; ``requirement`` is the one pip could not install, when known."""
-
-    def __init__(self, message: str, *, requirement: str | None = None,
-                 log_tail: str = "") -> None:
-        super().__init__(message)
-        self.requirement = requirement
-        self.log_tail = log_tail
 
 
 # --- interpreters ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import nodehost
-from nodehost.errors import NodehostError
+from nodehost.errors import SandboxError as SandboxError
 from nodehost.protocol import ExitCode
 
 __all__ = [
@@ -58,10 +58,6 @@ DEFAULT_MAX_OPEN_FILES = 4096
 
 # Where iceoryx2 keeps its shared memory and its node/service records (read, write, create).
 ICEORYX2_PATHS = ("/dev/shm", "/tmp/iceoryx2")
-
-
-class SandboxError(NodehostError):
-    """A sandbox plan that cannot be enforced as written (a misconfiguration, not a kernel gap)."""
 
 
 @dataclass(frozen=True)

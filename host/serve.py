@@ -48,6 +48,7 @@ from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
 from nodehost.data import monotonic_stamp
 from nodehost.errors import NodehostError, SessionEnded, WireFormatError
+from nodehost.errors import ServeUsageError as ServeUsageError
 from nodehost.lifecycle import ProcessStatus
 from nodehost.session import Host, Session, SessionResult
 
@@ -62,10 +63,6 @@ REFILL_BACKOFF_S = (1.0, 30.0)        # a warm session that fails to start: retr
 # A refill loads models while clients talk to their sessions: at this nice value it takes
 # the CPU only when theirs do not need it (back to 0 when the session is lent).
 WARMING_NICE = 10
-
-
-class ServeUsageError(NodehostError):
-    """Options ``nodehost serve`` refuses to start with."""
 
 
 @dataclass(frozen=True)

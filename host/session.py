@@ -332,7 +332,7 @@ class Session(SessionIO):
         try:
             return env_for_node_type(node_type, progress) or self.python
         except EnvError as exc:
-            raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from None
+            raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from exc
 
     def _spawn_all(self) -> None:
         pythons: dict[str, str] = {}
@@ -774,8 +774,13 @@ class Host:
             session = Session(self, validate_pipeline(parsed, self.registry.node_types),
                               _owner=_HOST_ONLY)
         with self._lock:
-            self._check_open()
-            self._sessions.append(session)  # before it runs: its end always finds it here
+            closed = self.state is not HostState.OPEN
+            if not closed:
+                self._sessions.append(session)  # before it runs: its end always finds it here
+        if closed:  # closed while the session was being built: end it before it spawns
+            session.cancel(self._cancel_reason)
+            session._start()
+            raise HostClosed("Host is closed; no new sessions")
         _LIVE_SESSIONS.add(session)
         if self.state is not HostState.OPEN:  # cancel() ran (a signal) while we registered
             session.cancel(self._cancel_reason)
