@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
@@ -370,8 +370,8 @@ class Connection:
             elif isinstance(exc, ProtocolError):
                 await self._close_with_error(str(exc), exc.code)
                 reason = f"protocol error: {exc}"
-            elif isinstance(exc, WebSocketDisconnect | OSError):
-                reason = "client disconnected"
+            elif isinstance(exc, WebSocketDisconnect | OSError) or self._client_gone():
+                reason = "client disconnected"  # e.g. a send that raced the client's leaving
             else:
                 raise exc
         finally:
@@ -379,6 +379,9 @@ class Connection:
                 task.cancel()
             await asyncio.gather(events, *workers, return_exceptions=True)
         return reason
+
+    def _client_gone(self) -> bool:
+        return WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state)
 
     async def _close_with_error(self, message: str, code: int) -> None:
         with contextlib.suppress(Exception):
