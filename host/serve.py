@@ -123,7 +123,7 @@ class Lease:
     event_waiter: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     attached: bool = False
-    warm: bool = False  # came from the pool, Ready before its client connected
+    warm: bool = False  # lent from the pool, Ready before its client connected
     _pump: threading.Thread | None = None
 
     def start_pump(self) -> None:
@@ -162,7 +162,6 @@ class Lease:
     def attach(self) -> None:
         """A client takes this session: it first gets every node's latest status."""
         self.attached = True
-        self.warm = self.ready.is_set() and self.usable
         self.events.extend(self.statuses.values())
         self.event_waiter.set()
 
@@ -290,6 +289,7 @@ class SessionPool:
             ready = [lease for lease in self.idle if lease.ready.is_set()]
             lease = (ready or self.idle)[0]
             self.idle.remove(lease)
+            lease.warm = lease.ready.is_set()
             lease.renice(0)
             self.lent.add(lease)
             self._wake_filler.set()
