@@ -52,16 +52,27 @@ def test_twenty_concurrent_clients_each_get_their_own_data(tmp_path: Path) -> No
                 talk(server.ws_url, [*audio_frames("in", s), close_input("in")])
                 for s in signals))
 
+        rss_before = server.rss()
         outcomes = asyncio.run(all_clients())
+        rounds = [asyncio.run(all_clients()) for _ in range(2)]  # the same again, twice
+        rss_after = server.rss()
+        print(f"20 clients x 3 rounds: server RSS {rss_before / 2**20:.0f} → "
+              f"{rss_after / 2**20:.0f} MiB")
+        # what a session costs the server is given back when it ends: 60 sessions later the
+        # server has not grown by anything like 60 sessions' worth (each moved 1.3 MB)
+        assert rss_after - rss_before < 64 * 2**20
+        for extra in rounds:
+            assert all(o.events[-1]["event"] == "session_end" and o.events[-1]["ok"]
+                       for o in extra)
         for i, (signal_, outcome) in enumerate(zip(signals, outcomes, strict=True)):
             assert outcome.events[-1]["event"] == "session_end", (i, outcome.kinds()[-3:])
             assert outcome.events[-1]["ok"], outcome.events[-1]
             assert np.array_equal(outcome.audio("out"), signal_ * 2), f"client {i}"
             assert len(outcome.outputs["out"]) == 50  # 16000 samples in chunks of 320
-        sessions = [outcome.session_ids for outcome in outcomes]
+        sessions = [outcome.session_ids for outcome in (*outcomes, *rounds[0], *rounds[1])]
         assert all(len(s) == 1 for s in sessions)
         every = set().union(*sessions)
-        assert len(every) == 20
+        assert len(every) == 60
         assert_nothing_left(every)
     finally:
         stop_cleanly(server)
