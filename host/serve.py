@@ -8,6 +8,10 @@ transport is only an input and an output of the session (as in pipecat): binary 
 ``Session.asend``, ``Session.aoutputs`` goes back as binary frames, session events go out as
 JSON. The protocol is in ``docs/serve.md``; its frame layout in ``nodehost.serve_protocol``.
 
+Blocking calls (starting and stopping sessions, an end of stream waiting for room) run in
+threads of their own (``off_loop``), never in the loop's few default workers, which sessions
+that wait on one another could all hold.
+
 Memory stays bounded whatever a client does: a frame is at most ``max_frame_bytes``; the
 server reads the next frame only after the session took the previous one (``asend`` blocks
 under backpressure, and TCP carries that back to the client); an output is sent only after
@@ -47,6 +51,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
 from nodehost.data import monotonic_stamp
+from nodehost.endpoints import off_loop
 from nodehost.errors import NodehostError, SessionEnded, WireFormatError
 from nodehost.lifecycle import ProcessStatus
 from nodehost.session import Host, Session, SessionResult
@@ -189,9 +194,9 @@ class Lease:
         return not self.ended.is_set() and self.session.result is None
 
     async def stop(self, reason: str) -> SessionResult:
-        result = await asyncio.to_thread(self.session.stop, reason)
+        result = await off_loop(self.session.stop, reason)
         if self._pump is not None:
-            await asyncio.to_thread(self._pump.join)
+            await off_loop(self._pump.join)
         # A send that was blocked when its client left ends in an exception whose traceback
         # (a reference cycle) still holds the session's iceoryx2 ports, and with them the
         # host's iceoryx2 node of that session: collect it now, not at some later GC pass,
@@ -232,7 +237,7 @@ class SessionPool:
     async def _new_lease(self) -> Lease:
         self._starting += 1
         try:
-            session = await asyncio.to_thread(self.host.start_session, self.pipeline.config)
+            session = await off_loop(self.host.start_session, self.pipeline.config)
         finally:
             self._starting -= 1
         lease = Lease(session, asyncio.get_running_loop())
@@ -461,7 +466,7 @@ class Connection:
 
     async def _close_input(self, name: str) -> None:
         try:  # in a thread: the end of stream waits for room in the channel like data does
-            await asyncio.to_thread(self.session.close_input, name)
+            await off_loop(self.session.close_input, name)
         except SessionEnded:
             await asyncio.Event().wait()
 
@@ -495,8 +500,9 @@ class Connection:
                     frame = proto.encode(name, data, self._seq)
                     data.release()
                     await self.send_bytes(frame)
-        result = await asyncio.to_thread(self.session.wait)
         await self.lease.ended.wait()  # every event before session_end is queued by now
+        result = self.session.result
+        assert result is not None  # set before the session_end event
         while self.lease.events:
             await self.send_json(self.lease.events.popleft())
         await self.send_json({"event": proto.SESSION_END, "session": self.session.id,
