@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,3 +123,31 @@ class SessionFailed(SessionEnded):
 
 class MachineError(SessionError):
     """Another machine's agent could not be reached, refused a request, or answered falsely."""
+
+
+# --- per-node environments (nodehost.envs) ----------------------------------------------
+
+class EnvError(NodehostError):
+    """A node's Python environment could not be found or built."""
+
+
+class InterpreterNotFound(EnvError):
+    def __init__(self, version: str, searched: Sequence[str]) -> None:
+        self.version = version
+        self.searched = list(searched)
+        where = "\n  ".join(self.searched)
+        super().__init__(
+            f"Python {version} not found; searched:\n  {where}\n"
+            f"Install it (e.g. `pyenv install {version}`, `uv python install {version}` or "
+            f"your distribution's python{version} package) or put python{version} on PATH, "
+            f"or set NODEHOST_PYTHON_{version.replace('.', '_')} to its path.")
+
+
+class EnvBuildError(EnvError):
+    """pip (or venv) failed; ``requirement`` is the one pip could not install, when known."""
+
+    def __init__(self, message: str, *, requirement: str | None = None,
+                 log_tail: str = "") -> None:
+        super().__init__(message)
+        self.requirement = requirement
+        self.log_tail = log_tail
