@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from speech_harness import Harness, keywords_heard, to_16k
+from speech_harness import keywords_heard, to_16k
 
 import nodehost
-from nodehost.testing import Run, chain, run, sink, source
+from nodehost.testing import NodeHarness, Run, chain, run, sink, source
 
 SENTENCE = "The quick brown fox visits the library on Tuesday."
 KEYWORDS = {"quick", "brown", "fox", "library", "tuesday"}
@@ -28,7 +28,7 @@ def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     between, and no speech at all (faint noise, then a tone)."""
     folder = tmp_path_factory.mktemp("speech")
     folder.chmod(0o755)
-    tts = Harness("nodehost_speech", "PiperTTS", noise_scale=0.0, noise_w_scale=0.0)
+    tts = NodeHarness("PiperTTS", noise_scale=0.0, noise_w_scale=0.0)
     speech = np.concatenate([to_16k(d) for d in tts.feed([nodehost.RuntimeData.text(SENTENCE)])])
     half, second = np.zeros(RATE // 2, np.float32), np.zeros(RATE, np.float32)
     noise = (0.001 * np.random.default_rng(0).standard_normal(2 * RATE)).astype(np.float32)
