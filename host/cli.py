@@ -193,11 +193,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_env(args: argparse.Namespace) -> int:
-    from nodehost import envs  # imported only here: `nodehost nodes` stays fast
-
-    code: int = envs.main(args.env_args)
-    return code
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -347,10 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("env", help="per-node Python environments: list, prune, build",
-                       add_help=False)
-    p.add_argument("env_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_env)
+    from nodehost.env_cli import add_cli as add_env_cli  # argparse only: imports stay light
+
+    add_env_cli(sub)
 
     p = sub.add_parser("agent", help="run nodes placed on this machine by coordinators "
                                      "elsewhere (Zenoh; token from NODEHOST_AGENT_TOKEN)",
@@ -371,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with parsers of their own (and heavy imports): their arguments, --help
 # included, go to them untouched.
-_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args"),
-              "agent": (cmd_agent, "agent_args")}
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "agent": (cmd_agent, "agent_args")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
