@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from nodehost.hookspecs import hookimpl
-
 __version__ = "0.1.0"
 
 _LAZY = {
+    "hookimpl": "nodehost.hookspecs",
     "Node": "nodehost.node",
     "RuntimeData": "nodehost.data",
     "NodeManifest": "nodehost.manifest",
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from nodehost.discovery import manifests_in
     from nodehost.endpoints import SendTimeout
     from nodehost.errors import SessionEnded, SessionFailed
+    from nodehost.hookspecs import hookimpl
     from nodehost.lifecycle import ProcessStatus
     from nodehost.manifest import NodeManifest
     from nodehost.node import Node

@@ -222,6 +222,8 @@ class Registry:
                 continue
             try:
                 plugin = _call_with_timeout(ep.load, self.timeout)
+            except KeyboardInterrupt:
+                raise  # Ctrl-C while waiting for a plugin: the user's, not the plugin's
             except BaseException as exc:
                 self._fail(dist_name, f"import of {ep.value!r} failed: {_describe(exc)}", ep.name)
                 continue
@@ -257,6 +259,8 @@ class Registry:
     def _take_manifests(self, info: PluginInfo, hook: Callable[[], Any]) -> None:
         try:
             items = _call_with_timeout(hook, self.timeout)
+        except KeyboardInterrupt:
+            raise
         except BaseException as exc:
             self._fail(info.name, f"nodehost_node_manifests() failed: {_describe(exc)}",
                        info.entry_point)

@@ -108,6 +108,10 @@ class SessionError(NodehostError):
     """A session cannot start, or was used in a way its state does not allow."""
 
 
+class HostClosed(SessionError):
+    """``Host.start_session`` after ``Host.close()`` or ``Host.cancel()``."""
+
+
 class SessionEnded(SessionError):
     """The session has ended; ``result`` says how. Its inputs take nothing more."""
 

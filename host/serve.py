@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -58,6 +59,9 @@ EVENT_QUEUE = 256                     # events waiting for one slow client, befo
 DROPPABLE = frozenset({"stats", "progress", "log"})
 LIVE = frozenset({ProcessStatus.READY.value, ProcessStatus.PROCESSING.value})
 REFILL_BACKOFF_S = (1.0, 30.0)        # a warm session that fails to start: retry after 1..30 s
+# A refill loads models while clients talk to their sessions: at this nice value it takes
+# the CPU only when theirs do not need it (back to 0 when the session is lent).
+WARMING_NICE = 10
 
 
 class ServeUsageError(NodehostError):
@@ -162,6 +166,25 @@ class Lease:
         self.events.extend(self.statuses.values())
         self.event_waiter.set()
 
+    def renice(self, nice: int) -> None:
+        """Set the CPU priority of every thread of the session's node processes (on Linux,
+        nice is per thread: the threads a node already started need it too). Best effort:
+        raising it back needs CAP_SYS_NICE, without which a warm session keeps running niced."""
+        for process in self.session.processes().values():
+            try:
+                tids = os.listdir(f"/proc/{process.pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                except ProcessLookupError:
+                    continue
+                except PermissionError:
+                    log.debug("session %s stays at its lower CPU priority: no permission to "
+                              "raise it", self.session.id)
+                    return
+
     @property
     def usable(self) -> bool:
         return not self.ended.is_set() and self.session.result is None
@@ -235,6 +258,7 @@ class SessionPool:
                 if self._closed:
                     await lease.stop("server shutting down")
                     return
+                lease.renice(WARMING_NICE)
                 self.idle.append(lease)
                 await lease.ready.wait()
                 if not lease.usable:
@@ -266,6 +290,7 @@ class SessionPool:
             ready = [lease for lease in self.idle if lease.ready.is_set()]
             lease = (ready or self.idle)[0]
             self.idle.remove(lease)
+            lease.renice(0)
             self.lent.add(lease)
             self._wake_filler.set()
             return lease
@@ -591,8 +616,6 @@ def serve(config: str | Path, options: ServeOptions) -> int:
 
 def main_serve(args: Any) -> int:
     """The ``nodehost serve`` subcommand (``cli.cmd_serve``)."""
-    import os
-
     options = ServeOptions(host=args.host, port=args.port, warm=args.warm,
                            max_sessions=args.max_sessions,
                            token=args.token or os.environ.get("NODEHOST_SERVE_TOKEN") or None,

@@ -83,8 +83,23 @@ def test_console_script_and_module_agree(installed: Installed) -> None:
 
 # ------------------------------------------------------------------------------ inspect
 
-def test_inspect_yaml(installed: Installed) -> None:
+def test_inspect_table(installed: Installed) -> None:
     result = installed.run(["inspect", "FixtureGain"], "good")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "FixtureGain 2.0.1 — Multiply audio by a constant factor"
+    assert "  plugin      nodehost-fixture-good 1.2.3" in lines
+    assert "  in         audio   sample_rate 16000|48000, channels 1" in lines
+    params = lines.index("PARAMS")
+    assert lines[params + 1].split() == ["NAME", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"]
+    assert lines[params + 2].split() == ["gain", "number", "1.0", "≥", "0.0", "linear",
+                                         "factor"]
+    assert any(line.startswith("SANDBOX     network denied") for line in lines)
+    assert "RUNTIME     the host's Python environment" in lines
+
+
+def test_inspect_yaml(installed: Installed) -> None:
+    result = installed.run(["inspect", "FixtureGain", "--yaml"], "good")
     assert result.returncode == 0, result.stderr
     first, _ = result.stdout.split("\n", 1)
     assert first.startswith("# FixtureGain from nodehost-fixture-good 1.2.3 (")
@@ -94,6 +109,7 @@ def test_inspect_yaml(installed: Installed) -> None:
     assert manifest["entrypoint"] == "nodehost_fixture_good.nodes:Gain"
     assert manifest["inputs"]["in"]["sample_rate"] == [16000, 48000]
     assert manifest["params"]["gain"]["description"] == "linear factor"
+    assert "description: ''" not in result.stdout  # nothing left at its default
 
 
 def test_inspect_json(installed: Installed) -> None:
@@ -258,3 +274,24 @@ def test_a_missing_bundled_type_names_its_distribution(installed: Installed,
             "plugins/nodehost-lfm2audio") in result.stderr, result.stderr
     inspect = installed.run(["inspect", "VibeVoiceTTS"], "good")
     assert "provided by nodehost-vibevoice" in inspect.stderr
+
+
+# ------------------------------------------------------------------------------ conventions
+
+def test_version(installed: Installed) -> None:
+    import nodehost
+
+    result = installed.run(["--version"])
+    assert result.returncode == 0 and result.stdout == f"nodehost {nodehost.__version__}\n"
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    script = subprocess.run([sys.executable, "-m", "nodehost.cli", "completion", "bash"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    probe = script + (
+        '\nCOMP_WORDS=(nodehost ins); COMP_CWORD=1; _shtab_nodehost; echo "${COMPREPLY[@]}"'
+        '\nCOMP_WORDS=(nodehost run x.yaml --ev); COMP_CWORD=3; _shtab_nodehost; '
+        'echo "${COMPREPLY[@]}"\n')
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["inspect", "--events"]

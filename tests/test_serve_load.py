@@ -206,6 +206,8 @@ def test_a_slow_reader_is_held_back_and_server_memory_stays_bounded(echo: ServeP
 
     sent, ids = asyncio.run(flood())
     growth = echo.rss() - rss_before
+    print(f"slow reader: held back after {sent / 2**20:.1f} MiB sent; server RSS "
+          f"{rss_before / 2**20:.0f} → {(rss_before + growth) / 2**20:.0f} MiB")
     # what is in flight is bounded by the channel capacity and socket buffers, not by what
     # the client tried to send
     assert sent < 256 * 2**20, sent
