@@ -151,7 +151,7 @@ class Agent:
                 zlink.coordinator_key(session_id),
                 lambda sample: self._on_coordinator(session_id, sample), history=True)
         try:
-            session = Session(self.host, pipeline, session_id=session_id)
+            session = self.host.start_validated(pipeline, session_id=session_id)
         except NodehostError as exc:
             self._forget(session_id)
             return {"ok": False, "error": str(exc)}
