@@ -8,7 +8,7 @@ transport is only an input and an output of the session (as in pipecat): binary 
 ``Session.asend``, ``Session.aoutputs`` goes back as binary frames, session events go out as
 JSON. The protocol is in ``docs/serve.md``; its frame layout in ``nodehost.serve_protocol``.
 
-Blocking calls (starting and stopping sessions, an end of stream waiting for room) run in
+Blocking calls (starting and stopping sessions) run in
 threads of their own (``off_loop``), never in the loop's few default workers, which sessions
 that wait on one another could all hold.
 
@@ -462,8 +462,8 @@ class Connection:
             raise ProtocolError(f"input {name!r}: {exc}", proto.CLOSE_POLICY) from exc
 
     async def _close_input(self, name: str) -> None:
-        try:  # in a thread: the end of stream waits for room in the channel like data does
-            await off_loop(self.session.close_input, name)
+        try:  # the end of stream waits for room in the channel like data does
+            await self.session.aclose_input(name)
         except SessionEnded:
             await asyncio.Event().wait()
 
