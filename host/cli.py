@@ -147,7 +147,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir,
+                        metrics_port=args.metrics_port)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "node logs, errors and the summary (default otherwise)")
     p.add_argument("--log-dir", metavar="DIR",
                    help="write every node's output lines and log records to DIR/<node>.log")
+    p.add_argument("--metrics-port", metavar="P", type=int,
+                   help="serve Prometheus metrics on http://127.0.0.1:P/metrics (needs the "
+                        "nodehost-prometheus plugin; 0: any free port)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")

@@ -238,9 +238,20 @@ def _drop_outputs(session: Session) -> None:
 
 
 def run_pipeline(config: str | Path, events: str | None = None,
-                 log_dir: str | Path | None = None) -> int:
+                 log_dir: str | Path | None = None, metrics_port: int | None = None) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
     host = Host(log_dir=log_dir)
+    if metrics_port is None:
+        return _run(host, config, mode)
+    exporter = host.start_metrics(metrics_port)
+    print(f"metrics: {exporter.url}", file=sys.stderr, flush=True)
+    try:
+        return _run(host, config, mode)
+    finally:
+        exporter.close()
+
+
+def _run(host: Host, config: str | Path, mode: str) -> int:
     pipeline = host.validate(config)
     if pipeline.inputs:
         raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
