@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -129,3 +130,32 @@ def test_metrics_port_without_the_plugin_says_what_to_install(tmp_out: Path) -> 
     assert proc.returncode == 2
     assert "serving metrics needs a metrics plugin: pip install nodehost-prometheus" in err
     assert "Traceback" not in err
+
+
+def test_serve_metrics_port_shows_its_warm_session(tmp_out: Path) -> None:
+    pytest.importorskip("uvicorn")
+    config = tmp_out / "served.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "served", "nodes": [{"id": "fwd", "type": "Forward"}],
+        "inputs": {"in": "fwd.in"}, "outputs": {"out": "fwd.out"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "nodehost.cli", "serve", str(config),
+                             "--port", "0", "--warm", "1", "--metrics-port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert line.startswith("metrics: http://127.0.0.1:"), line
+        url = line.split()[1]
+        deadline = time.monotonic() + TIMEOUT
+        metrics: dict[Any, float] = {}
+        while time.monotonic() < deadline:  # the warm session reports every 0.5 s
+            metrics = scrape(url)
+            if any(name == "nodehost_channel_state" for name, _ in metrics):
+                break
+            time.sleep(0.5)
+        assert value(metrics, "nodehost_sessions_running") == 1
+        assert value(metrics, "nodehost_channel_capacity_bytes", channel="input:in") > 0
+        assert value(metrics, "nodehost_node_received_messages_total", node="fwd") == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=TIMEOUT)
