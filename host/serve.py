@@ -78,6 +78,7 @@ class ServeOptions:
     max_sessions: int | None = None
     token: str | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME
+    metrics_port: int | None = None  # Prometheus metrics on 127.0.0.1 (nodehost-prometheus)
 
     def check(self) -> None:
         if self.warm < 0:
@@ -606,8 +607,12 @@ def serve(config: str | Path, options: ServeOptions) -> int:
     # drain on send (the sans-I/O one buffers without limit): it is how a slow reader holds
     # its session back instead of growing this process. It warns that it is deprecated.
     warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
-    with Host() as host:
+    with Host() as host, contextlib.ExitStack() as stack:
         pipeline = host.validate(config)
+        if options.metrics_port is not None:
+            exporter = stack.enter_context(contextlib.closing(
+                host.start_metrics(options.metrics_port)))
+            print(f"metrics: {exporter.url}", file=sys.stderr, flush=True)
         app = build_app(lambda: SessionPool(host, pipeline, options), options)
         server = _Server(uvicorn.Config(
             app, host=options.host, port=options.port, ws="websockets",
@@ -625,7 +630,8 @@ def main_serve(args: Any) -> int:
     options = ServeOptions(host=args.host, port=args.port, warm=args.warm,
                            max_sessions=args.max_sessions,
                            token=args.token or os.environ.get("NODEHOST_SERVE_TOKEN") or None,
-                           max_frame_bytes=args.max_frame_bytes)
+                           max_frame_bytes=args.max_frame_bytes,
+                           metrics_port=getattr(args, "metrics_port", None))
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     try:

@@ -39,7 +39,7 @@ from nodehost import protocol, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
 from nodehost.endpoints import SessionIO, open_ends
-from nodehost.errors import HostClosed, IllegalTransition, SessionError
+from nodehost.errors import HostClosed, IllegalTransition, NodehostError, SessionError
 from nodehost.lifecycle import (
     NodeProcess,
     ProcessChannelBinding,
@@ -807,6 +807,19 @@ class Host:
             return session.wait(timeout)
         finally:
             session.stop()
+
+    def start_metrics(self, port: int) -> Any:
+        """Serve this host's metrics on http://127.0.0.1:``port``/metrics through the
+        installed metrics plugin; returns the exporter (``close()`` stops it)."""
+        try:
+            exporter = self.registry.plugin_manager.hook.nodehost_metrics_exporter(port=port)
+        except OSError as exc:
+            raise NodehostError(f"cannot serve metrics on 127.0.0.1:{port}: "
+                                f"{exc.strerror or exc}") from exc
+        if exporter is None:
+            raise NodehostError("serving metrics needs a metrics plugin: pip install "
+                                "nodehost-prometheus (plugins/nodehost-prometheus here)")
+        return exporter
 
     def sessions(self) -> list[Session]:
         with self._lock:
