@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,9 @@ DEFAULT_CAPACITY = 16 * 1024 * 1024
 YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
+# Placeholder for the node's private temp dir, made only when a session starts: no config can
+# name a path inside it.
+_NO_TMP_DIR = "/nonexistent/nodehost-node-tmp"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 MACHINE_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -190,6 +194,9 @@ class PipelineConfig(_Strict):
     name: str = Field(default="pipeline", json_schema_extra={"pattern": PIPELINE_NAME})
     max_processes: int | None = Field(default=None, gt=0)
     init_timeout_s: float = Field(default=300.0, gt=0)
+    # A stop the user asked for (Ctrl-C, Session.stop) gives nodes this long to finish
+    # cleanup() before they are terminated; a failure tears the session down at once.
+    stop_grace_s: float = Field(default=5.0, ge=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
     inputs: dict[SessionPortName, SessionInputTargets] = Field(
@@ -238,7 +245,7 @@ def load_document(path: str | Path) -> Any:
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a config file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -323,6 +330,41 @@ def _resolve_path_params(params: Mapping[str, Any], manifest: NodeManifest,
 
 
 # --------------------------------------------------------------------------- validation
+
+def _path_param_issues(node: ResolvedNode) -> list[Issue]:
+    """Files a node is given in its params exist and lie inside its grants: a config that
+    points a node at a missing file, or at one its sandbox will deny, fails here instead of
+    deep inside a library at run time ("System error.")."""
+    from nodehost.plan import package_paths
+    from nodehost.sandbox import SandboxPlan, may_access
+
+    plan = SandboxPlan(tmp_dir=_NO_TMP_DIR, network=node.sandbox.network,
+                       fs_read=tuple(node.sandbox.fs_read), fs_write=tuple(node.sandbox.fs_write),
+                       plugin_paths=tuple(package_paths(node.manifest.entrypoint)))
+    loc = f"nodes[{node.index}]"
+    issues = []
+    for name, spec in node.manifest.params.items():
+        value = getattr(node.params, name, None)
+        access = spec.path_access
+        if access is None or name not in node.config.params or not isinstance(value, str):
+            continue
+        where = f"{loc}.params.{name}"
+        if access == "write":
+            folder = os.path.dirname(value) or "."
+            if not os.path.isdir(folder):
+                issues.append(Issue(where, f"{value}: folder {folder} does not exist"))
+            elif not may_access(value, plan, write=True):
+                issues.append(Issue(where, f"{value} is outside what the node may write; add "
+                                           f"it (or its folder) to {loc}.sandbox.fs_write"))
+            continue
+        if not os.path.exists(value):
+            if access == "read":
+                issues.append(Issue(where, f"{value} does not exist"))
+        elif not may_access(value, plan):
+            issues.append(Issue(where, f"{value} is outside what the node may read; add its "
+                                       f"folder to {loc}.sandbox.fs_read"))
+    return issues
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -446,11 +488,48 @@ def _resolve_port(
     return Endpoint(node_id, port)
 
 
+def _fan_out_problem(conn: ResolvedConnection,
+                     siblings: list[ResolvedConnection]) -> Issue | None:
+    """Every connection from one output shares its channel: one set of settings, and at most
+    MAX_FAN_OUT readers."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    loc = f"connections[{conn.index}]"
+    if len(siblings) >= MAX_FAN_OUT:
+        return Issue(f"{loc}.from", f"output {conn.source} already feeds {MAX_FAN_OUT} inputs "
+                                    f"(connections[{siblings[0].index}] and on), the most one "
+                                    "channel has; fan out in two stages (e.g. through a "
+                                    "pass-through node)")
+    if not siblings:
+        return None
+    first = siblings[0]
+    for what, mine, theirs in (("backpressure", conn.backpressure, first.backpressure),
+                               ("capacity", conn.capacity, first.capacity)):
+        if mine != theirs:
+            return Issue(f"{loc}.{what}",
+                         f"{what} {json.dumps(mine)} differs from connections[{first.index}] "
+                         f"({json.dumps(theirs)}), which reads the same output {conn.source}: "
+                         f"the connections of one output share one channel, so they need the "
+                         f"same {what}")
+    return None
+
+
 def output_rates(node: ResolvedNode, port: PortSpec) -> list[int] | None:
-    if port.sample_rate_from_param is not None:
-        value = getattr(node.params, port.sample_rate_from_param, None)
+    return _derived(node, port.sample_rate_from_param, port.sample_rate)
+
+
+def output_channels(node: ResolvedNode, port: PortSpec) -> list[int] | None:
+    return _derived(node, port.channels_from_param, port.channels)
+
+
+def _derived(node: ResolvedNode, param: str | None, declared: list[int] | None
+             ) -> list[int] | None:
+    """What an output produces when a param decides it (unset: anything), else what its
+    manifest declares."""
+    if param is not None:
+        value = getattr(node.params, param, None)
         return [int(value)] if value is not None else None
-    return port.sample_rate
+    return declared
 
 
 def _compatibility(
@@ -464,7 +543,8 @@ def _compatibility(
     checks: list[tuple[str, list[Any] | None, list[Any] | None, str]] = [
         ("sample rate", output_rates(src, src_port), dst_port.sample_rate,
          "insert a Resample node between them"),
-        ("channel count", src_port.channels, dst_port.channels, "insert a channel mixer"),
+        ("channel count", output_channels(src, src_port), dst_port.channels,
+         "insert a Resample node with channels set between them"),
         ("sample format", src_port.sample_format, dst_port.sample_format,
          "convert the samples between them"),
         ("pixel format", src_port.format, dst_port.format, "insert a pixel-format converter"),
@@ -515,9 +595,10 @@ def validate_pipeline(
         except ValidationError as exc:
             issues.extend(pydantic_issues(exc, f"{loc}.params"))
             continue
-        nodes[node_cfg.id] = ResolvedNode(
+        node = nodes[node_cfg.id] = ResolvedNode(
             index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
         )
+        issues.extend(_path_param_issues(node))
 
     issues.extend(placement_issues(config))
     if config.max_processes is not None and len(config.nodes) > config.max_processes:
@@ -526,6 +607,7 @@ def validate_pipeline(
                                              f"{config.max_processes}"))
 
     connections: list[ResolvedConnection] = []
+    branches: dict[Endpoint, list[ResolvedConnection]] = {}  # fan-out: connections per output
     seen_inputs: dict[Endpoint, int] = {}
     for index, conn in enumerate(config.connections):
         loc = f"connections[{index}]"
@@ -551,11 +633,16 @@ def validate_pipeline(
         if problem:
             issues.append(Issue(loc, problem))
             continue
-        connections.append(
-            ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
-        )
+        resolved = ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
+        fan_out_issue = _fan_out_problem(resolved, branches.setdefault(src, []))
+        if fan_out_issue:
+            issues.append(fan_out_issue)
+            continue
+        branches[src].append(resolved)
+        connections.append(resolved)
 
     inputs, outputs = _resolve_session_ports(config, nodes, declared, seen_inputs, issues)
+    issues.extend(_session_fan_out_issues(inputs, outputs, branches))
     if len(nodes) == len(config.nodes) and not issues:
         fed_by_session = {ep for session_input in inputs.values() for ep in session_input.ports}
         for node in nodes.values():
@@ -629,10 +716,33 @@ def _resolve_session_ports(
         read[port] = name
         node = nodes[port.node]
         spec = node.manifest.outputs[port.port]
-        rates = output_rates(node, spec)
-        spec = spec.model_copy(update={"sample_rate": rates, "sample_rate_from_param": None})
+        spec = spec.model_copy(update={
+            "sample_rate": output_rates(node, spec), "sample_rate_from_param": None,
+            "channels": output_channels(node, spec), "channels_from_param": None})
         outputs[name] = SessionPort(name, "output", (port,), spec)
     return inputs, outputs
+
+
+def _session_fan_out_issues(inputs: Mapping[str, SessionPort], outputs: Mapping[str, SessionPort],
+                            branches: Mapping[Endpoint, list[ResolvedConnection]]) -> list[Issue]:
+    """A session input's channel and a read output's channel hold MAX_FAN_OUT readers too
+    (the application's reader of an output is one of them)."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    issues = []
+    for name, session_input in inputs.items():
+        if len(session_input.ports) > MAX_FAN_OUT:
+            issues.append(Issue(f"inputs.{name}", f"feeds {len(session_input.ports)} ports, "
+                                                  f"more than the {MAX_FAN_OUT} one channel "
+                                                  "has; use several session inputs"))
+    for name, session_output in outputs.items():
+        port = session_output.ports[0]
+        if len(branches.get(port, [])) >= MAX_FAN_OUT:
+            issues.append(Issue(f"outputs.{name}", f"output {port} already feeds "
+                                                   f"{MAX_FAN_OUT} inputs, the most one channel "
+                                                   "has with the session's own reader; fan "
+                                                   "out in two stages"))
+    return issues
 
 
 def _common_spec(ports: list[tuple[Endpoint, PortSpec]], loc: str,

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from nodehost import hookspecs
 from nodehost.errors import DiscoveryError, pydantic_issues
+from nodehost.errors import HookTimeout as HookTimeout
 from nodehost.manifest import NodeManifest
 
 ENTRY_POINT_GROUP = "nodehost"
@@ -83,10 +84,6 @@ class PluginInfo:
     entry_point: str
     hooks: list[str] = field(default_factory=list)
     node_types: list[str] = field(default_factory=list)
-
-
-class HookTimeout(Exception):
-    """A plugin's import or hook did not return in time."""
 
 
 def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:
@@ -222,6 +219,8 @@ class Registry:
                 continue
             try:
                 plugin = _call_with_timeout(ep.load, self.timeout)
+            except KeyboardInterrupt:
+                raise  # Ctrl-C while waiting for a plugin: the user's, not the plugin's
             except BaseException as exc:
                 self._fail(dist_name, f"import of {ep.value!r} failed: {_describe(exc)}", ep.name)
                 continue
@@ -257,6 +256,8 @@ class Registry:
     def _take_manifests(self, info: PluginInfo, hook: Callable[[], Any]) -> None:
         try:
             items = _call_with_timeout(hook, self.timeout)
+        except KeyboardInterrupt:
+            raise
         except BaseException as exc:
             self._fail(info.name, f"nodehost_node_manifests() failed: {_describe(exc)}",
                        info.entry_point)

@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from nodehost.config import ValidatedPipeline
-from nodehost.errors import NodehostError
+from nodehost.errors import GraphError as GraphError
 
 FORMATS = ("mermaid", "dot", "svg", "png")
 RENDERED = ("svg", "png")
-
-
-class GraphError(NodehostError):
-    """The picture cannot be made (no Graphviz, unreadable stats)."""
 
 
 @dataclass

@@ -10,13 +10,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodehost.config import PipelineConfig, apply_overrides, load_config
-from nodehost.errors import ConfigError, Issue, NodehostError
-from nodehost.session import Host, Session, SessionResult
+from nodehost.errors import ConfigError, HostClosed, Issue, NodehostError
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+if TYPE_CHECKING:  # imported when used: the signal handlers go in before anything heavy
+    from nodehost.config import PipelineConfig
+    from nodehost.session import Host, Session
+
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _mib(value: Any) -> str:
@@ -232,6 +234,61 @@ def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
             yield event
 
 
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while ``nodehost run`` runs.
+
+    Installed before anything else. A signal never raises into the main thread (which may
+    be anywhere, e.g. between starting a session and registering it): it cancels the host
+    (or, during plugin discovery, the host about to exist). The session stops, nodes get
+    the pipeline's ``stop_grace_s`` to run ``cleanup()``, and a second signal kills them at
+    once. The command exits 128 + the signal number with one line on stderr.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.host: Host | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        first = self.received is None
+        if first:
+            self.received = signal.Signals(signum)
+        if self.host is not None:
+            self.host.cancel(self.reason, graceful=first)
+
+    def attach(self, host: Host) -> None:
+        self.host = host
+        if self.received is not None:  # arrived while the host was being made
+            host.cancel(self.reason)
+
+    @property
+    def what(self) -> str:
+        return "terminated" if self.received == signal.SIGTERM else "interrupted"
+
+    @property
+    def reason(self) -> str:
+        return f"{self.what} ({self.received.name if self.received else 'no signal'})"
+
+    def exit(self, session: Session | None) -> int:
+        """Say what happened, in one line, and return the exit code."""
+        assert self.received is not None
+        done = f"session {session.id} stopped, every node process reaped" if session \
+            else "stopped before the session started"
+        print(f"{self.reason}: {done}", file=sys.stderr)
+        return 128 + self.received.value
+
+
 def _drop_outputs(session: Session) -> None:
     with contextlib.suppress(NodehostError):  # a failure is reported by session.wait()
         for _name, data in session.outputs():
@@ -241,52 +298,50 @@ def _drop_outputs(session: Session) -> None:
 def run_pipeline(config: str | Path, events: str | None = None,
                  log_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
-    host = Host(log_dir=log_dir)
-    target: str | Path | PipelineConfig = config
-    if overrides:  # `--set node.param=value`
-        try:
-            target = apply_overrides(load_config(config), overrides, host.registry.node_types)
-        except ConfigError as exc:
-            raise ConfigError(exc.issues, source=str(config)) from None
-    pipeline = host.validate(target)
-    if pipeline.inputs:
-        raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
-                                          "fed by an application: embed the pipeline "
-                                          "(Session.send) or serve it; `nodehost run` has "
-                                          "nothing to feed them with"), source=str(config))
-    session = host.start_session(pipeline.config)
-    if pipeline.outputs:  # nobody here reads them: take and drop, so the nodes can finish
-        threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
     timeline = Timeline()
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    session: Session | None = None
+    with StopSignals() as signals:
+        try:
+            from nodehost.session import Host
 
-    # Ctrl-C and `kill` (SIGTERM) both mean: stop the nodes in order, reap them, exit.
-    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    started = time.monotonic()
-    result: SessionResult | None = None
-    try:
-        stream = _live(session, timeline) if mode == "live" else session.events()
-        for event in stream:
-            if mode == "json":
-                print(json.dumps(event), flush=True)
-                continue
-            if mode in ("log", "quiet"):
-                timeline.add(event)
-                line = format_event(event) if mode == "log" else quiet_line(event)
-                if line:
-                    print(line, flush=True)
-        result = session.wait()
-    except KeyboardInterrupt:
-        result = session.stop("interrupted (Ctrl-C)")
-        print("interrupted: session stopped, every node process reaped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if result is None:
-            session.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            host = Host(log_dir=log_dir)
+            signals.attach(host)
+            target: str | Path | PipelineConfig = config
+            if overrides:  # `--set node.param=value`
+                from nodehost.config import apply_overrides, load_config
+
+                try:
+                    target = apply_overrides(load_config(config), overrides,
+                                             host.registry.node_types)
+                except ConfigError as exc:
+                    raise ConfigError(exc.issues, source=str(config)) from exc
+            pipeline = host.validate(target)
+            if pipeline.inputs:
+                raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) "
+                                                  "are fed by an application: embed the pipeline "
+                                                  "(Session.send) or serve it; `nodehost run` has "
+                                                  "nothing to feed them with"), source=str(config))
+            session = host.start_session(pipeline.config)
+            if pipeline.outputs:  # nobody here reads them: take and drop, so nodes can finish
+                threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
+            started = time.monotonic()
+            stream = _live(session, timeline) if mode == "live" else session.events()
+            for event in stream:
+                if mode == "json":
+                    print(json.dumps(event), flush=True)
+                    continue
+                if mode in ("log", "quiet"):
+                    timeline.add(event)
+                    line = format_event(event) if mode == "log" else quiet_line(event)
+                    if line:
+                        print(line, flush=True)
+            result = session.wait()
+        except HostClosed:  # a signal closed the host before the session was started
+            if signals.received is None:
+                raise
+        if signals.received is not None:
+            return signals.exit(session)
+    assert session is not None
     if mode != "json":
         print()
         print("\n".join(timeline.summary()))

@@ -324,7 +324,7 @@ def test_asyncio_forms_keep_the_event_loop_free(host: Host) -> None:
         async def feed() -> None:
             for chunk in sent:
                 await session.asend("mic", RuntimeData.audio(chunk, sample_rate=RATE))
-            session.close_input("mic")
+            await session.aclose_input("mic")
 
         async def collect() -> list[bytes]:
             return [np.array(d.as_array()).tobytes() async for _, d in session.aoutputs()]
@@ -357,7 +357,7 @@ def test_many_asyncio_sessions_in_one_loop_under_backpressure(host: Host) -> Non
             await asyncio.sleep(0.2)  # the reader waits first
             for chunk in data:
                 await session.asend("mic", RuntimeData.audio(chunk, sample_rate=RATE))
-            session.close_input("mic")
+            await session.aclose_input("mic")
 
         async def collect() -> list[bytes]:
             return [np.array(d.as_array()).tobytes() async for _, d in session.aoutputs()]

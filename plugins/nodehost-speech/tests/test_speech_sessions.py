@@ -72,7 +72,8 @@ def test_vad_finds_each_utterance_and_nothing_in_silence(
 
 @pytest.mark.parametrize("split_clauses", [True, False])
 def test_whisper_reply_and_piper_in_their_own_processes(
-        host: Any, tmp_out: Path, wavs: dict[str, Any], make: Any, split_clauses: bool) -> None:
+        host: Any, tmp_out: Path, wavs: dict[str, Any], make_node: Any,
+        split_clauses: bool) -> None:
     out = tmp_out / "reply.wav"
     # The whole file as one message: WhisperASR takes one utterance per message.
     done = run(host, chain(
@@ -95,7 +96,7 @@ def test_whisper_reply_and_piper_in_their_own_processes(
     reply, rate = sf.read(out, dtype="float32")
     assert rate == 22050 and 1.5 < len(reply) / rate < 8
     # Listen to the reply: "you said" and the keywords come back.
-    again = make("WhisperASR").feed([nodehost.RuntimeData.audio(
+    again = make_node("WhisperASR").feed([nodehost.RuntimeData.audio(
         np.concatenate([np.zeros(8000, np.float32), to_16k_array(reply, rate)]),
         sample_rate=RATE)])
     text = again[0].as_text()

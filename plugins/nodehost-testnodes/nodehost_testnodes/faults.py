@@ -70,7 +70,7 @@ class MemoryHogParams(BaseModel):
     """The params of MemoryHog's manifest, typed (nodehost checks the names match)."""
 
     stage: Literal['none', 'initialize', 'process'] = 'none'
-    how: Literal['python', 'native'] = 'python'
+    how: Literal['python', 'native', 'abort'] = 'python'
     chunk_mb: int = 16
     total_mb: int = 0
 
@@ -99,6 +99,9 @@ class MemoryHog(nodehost.Node[MemoryHogParams]):
                 self.hog.append(bytearray(size))
                 continue
             block = malloc(size)
+            if not block and self.params.how == "abort":  # Rust's default allocation error
+                os.write(2, f"memory allocation of {size} bytes failed\n".encode())
+                os.abort()
             if not block:  # what a native library turns into its own error, like mkl_malloc
                 raise RuntimeError("hog_malloc: failed to allocate memory")
             ctypes.memset(block, 1, size)

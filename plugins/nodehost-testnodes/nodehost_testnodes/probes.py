@@ -12,7 +12,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -148,6 +148,8 @@ class ProbeSinkParams(BaseModel):
 
     out_path: str
     delay_ms: float = 0.0
+    cleanup_s: float = 0.0
+    cleanup_path: str | None = None
 
 
 class ProbeSink(nodehost.Node[ProbeSinkParams]):
@@ -206,3 +208,59 @@ class ProbeSink(nodehost.Node[ProbeSinkParams]):
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
+
+    def cleanup(self) -> None:
+        time.sleep(self.params.cleanup_s)
+        if self.params.cleanup_path:
+            with open(self.params.cleanup_path, "w", encoding="utf-8") as fh:
+                fh.write("cleaned")
+
+
+class FileReaderParams(BaseModel):
+    """The params of FileReader's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    reader: Literal["open", "soundfile"] = "open"
+
+
+class FileReader(nodehost.Node[FileReaderParams]):
+    def generate(self) -> Iterator[RuntimeData]:
+        if self.params.reader == "soundfile":
+            import soundfile
+
+            size = len(soundfile.read(self.params.path)[0])
+        else:
+            with open(self.params.path, "rb") as fh:
+                size = len(fh.read())
+        yield RuntimeData.text(str(size))
+
+
+class ProbeMergeParams(BaseModel):
+    """The params of ProbeMerge's manifest, typed (nodehost checks the names match)."""
+
+    out_path: str
+
+
+class ProbeMerge(nodehost.Node[ProbeMergeParams]):
+    """Two inputs, each checked like ProbeSink checks its one; the summary is per port."""
+
+    def initialize(self) -> None:
+        self.ports: dict[str, dict[str, Any]] = {}
+
+    def process(self, data: RuntimeData, port: str) -> None:
+        buf = data.as_array().view(np.uint8).reshape(-1)
+        seq, seed = _HEAD.unpack_from(buf.data)
+        state = self.ports.setdefault(port, {"count": 0, "in_order": True, "intact": True,
+                                             "seeds": {}})
+        if seq != state["seeds"].get(str(seed), 0):
+            state["in_order"] = False
+        state["seeds"][str(seed)] = seq + 1
+        if buf.size > HEADER and not intact(buf[HEADER:], fill_value(seq, seed)):
+            state["intact"] = False
+        state["count"] += 1
+
+    def end_of_stream(self, port: str) -> None:
+        self.ports.setdefault(port, {"count": 0})["ended"] = True
+        if all(self.ports.get(p, {}).get("ended") for p in ("left", "right")):
+            with open(self.params.out_path, "w", encoding="utf-8") as fh:
+                json.dump(self.ports, fh)
