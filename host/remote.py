@@ -292,6 +292,7 @@ class _PartHost:
         self.registry = _QuietRegistry(registry)
         self.on_event = on_event
         self.stats_interval_s = host.stats_interval_s
+        self.log_dir = host.log_dir  # Session writes node output there (run --log-dir)
 
     def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
                  ) -> dict[str, str]:
