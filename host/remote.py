@@ -212,7 +212,16 @@ class AgentClient:
         self._watch = self.zenoh.liveliness().declare_subscriber(
             zlink.agent_key(self.machine), presence, history=True)
 
+    def undeclare(self) -> None:
+        """Drop our subscriptions and token: no callback of ours runs after this."""
+        for entity in (self._events, self._watch, self._presence):
+            if entity is not None:
+                with contextlib.suppress(Exception):
+                    entity.undeclare()
+        self._events = self._watch = self._presence = None
+
     def close(self) -> None:
+        self.undeclare()
         with contextlib.suppress(Exception):
             self.zenoh.close()
 
@@ -338,6 +347,7 @@ class DistributedSession(Session):
         self._finished = threading.Event()
         self._stop_requested: str | None = None
         self._ends = None  # no session inputs/outputs (refused below)
+        self._lost: set[str] = set()
         self._ready = threading.Event()
         self._ready_or_ended = threading.Event()
         if config.inputs or config.outputs:
@@ -458,10 +468,12 @@ class DistributedSession(Session):
                     self._relay(machine, event)
                 elif kind == "lost" and self._ended.get(machine) is None:
                     self._ended[machine] = {"ok": False, "reason": "machine lost"}
+                    self._lost.add(machine)
+                    reason = (f"machine {machine!r} disappeared: its agent stopped "
+                              "answering (killed, or the network to it was cut)")
+                    self._emit("machine_lost", machine=machine, reason=reason)
                     if failure is None:
-                        failure = (None, None, machine,
-                                   f"machine {machine!r} disappeared: its agent stopped "
-                                   "answering (killed, or the network to it was cut)")
+                        failure = (None, None, machine, reason)
                 if (failure is not None or self._stop_requested is not None) and \
                         deadline is None:
                     reason = failure[3] if failure else str(self._stop_requested)
@@ -503,8 +515,16 @@ class DistributedSession(Session):
                 log.info("%s", exc)
 
     def _close_agents(self) -> None:
-        for agent in self._agents.values():
-            agent.close()
+        for machine, agent in self._agents.items():
+            if machine in self._lost:
+                # Closing a session whose link is dead waits for Zenoh's reconnection
+                # attempt (seconds): the result need not wait for that. Our callbacks go
+                # first, though (none may run once the interpreter exits), and the thread
+                # is not a daemon (the interpreter must not exit inside close()).
+                agent.undeclare()
+                threading.Thread(target=agent.close, name=f"close-{machine}").start()
+            else:
+                agent.close()
 
     def _finish_with(self, failure: tuple[str | None, str | None, str | None, str] | None
                      ) -> None:
