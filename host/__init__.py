@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from nodehost.hookspecs import hookimpl
-
 __version__ = "0.1.0"
 
 _LAZY = {
+    "hookimpl": "nodehost.hookspecs",
     "Node": "nodehost.node",
     "RuntimeData": "nodehost.data",
     "NodeManifest": "nodehost.manifest",
@@ -28,7 +27,7 @@ _LAZY = {
     "manifests_in": "nodehost.discovery",
     "SessionEnded": "nodehost.errors",
     "SessionFailed": "nodehost.errors",
-    "SendTimeout": "nodehost.endpoints",
+    "SendTimeout": "nodehost.errors",
 }
 
 __all__ = [
@@ -41,8 +40,8 @@ if TYPE_CHECKING:
     from nodehost.config import Connection, NodeConfig, PipelineConfig
     from nodehost.data import RuntimeData
     from nodehost.discovery import manifests_in
-    from nodehost.endpoints import SendTimeout
-    from nodehost.errors import SessionEnded, SessionFailed
+    from nodehost.errors import SendTimeout, SessionEnded, SessionFailed
+    from nodehost.hookspecs import hookimpl
     from nodehost.lifecycle import ProcessStatus
     from nodehost.manifest import NodeManifest
     from nodehost.node import Node

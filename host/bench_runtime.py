@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # probe nodes import spin() from here: keep this module light
+    from nodehost.bench import Target
     from nodehost.session import Host
 
 
@@ -46,12 +49,23 @@ def _run_summary(host: Host, config: dict[str, Any], out: Path) -> dict[str, Any
     return summary
 
 
-def chain_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
-    out = tmp / "throughput.json"
-    summary = _run_summary(host, _chain(out, count, 1024, 1), out)
-    elapsed = summary["last_ts"] - summary["first_ts"]
-    return {"scenario": "3-node chain throughput (1 KiB)", "messages": summary["count"],
+def _throughput(host: Host, tmp: Path, count: int, middle: int) -> dict[str, Any]:
+    out = tmp / f"throughput{middle}.json"
+    summary = _run_summary(host, _chain(out, count, 1024, middle), out)
+    elapsed = summary["last_mono"] - summary["first_mono"]
+    return {"scenario": f"{middle + 2}-node chain throughput (1 KiB)",
+            "messages": summary["count"],
             "msgs_per_s": round((summary["count"] - 1) / elapsed) if elapsed > 0 else None}
+
+
+def hop_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
+    """Source → sink: one hop through two real nodes."""
+    return _throughput(host, tmp, count, 0)
+
+
+def chain_throughput(host: Host, tmp: Path, count: int = 20000) -> dict[str, Any]:
+    """Source → forward → sink."""
+    return _throughput(host, tmp, count, 1)
 
 
 def stats_overhead(host: Host, tmp: Path, count: int = 20000,
@@ -166,8 +180,13 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
            "sandbox": {"fs_write": [str(o)]}} for x, o in zip("ab", outs, strict=True)),
     ], "connections": [{"from": "src", "to": "a"}, {"from": "src", "to": "b"},
                        {"from": "a", "to": "sink_a"}, {"from": "b", "to": "sink_b"}]}
+    cpu_before, machine_before, wall_before = _children_cpu_s(), _machine_jiffies(), \
+        time.monotonic()
     session = host.start_session(config)
     session.wait()
+    wall = time.monotonic() - wall_before
+    nodes_cpu = _children_cpu_s() - cpu_before
+    machine = [b - a for a, b in zip(machine_before, _machine_jiffies(), strict=True)]
     sums = [json.loads(o.read_text()) for o in outs]
     span = max(s["last_ts"] for s in sums) - min(s["first_ts"] for s in sums)
     nodes_rate = 2 * count / span
@@ -183,19 +202,74 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
     for t in threads:
         t.join()
     threads_rate = 2 * count / (time.perf_counter() - t0)
+    # Where the two cores went while the session ran (its whole life, start-up included):
+    # busy and steal are cores' worth of /proc/stat time, session_cores the node processes'
+    # own CPU — so busy − session_cores is what other processes on the machine took.
+    cpus = os.cpu_count() or 1
+    total = sum(machine) or 1
+    busy_cores = cpus * (total - machine[3] - machine[4]) / total
     return {"scenario": f"2 CPU-bound branches ({work_ms:g} ms/msg) vs 2 threads in 1 process",
             "nodes_msgs_per_s": round(nodes_rate, 1),
             "threads_msgs_per_s": round(threads_rate, 1),
-            "speedup": round(nodes_rate / threads_rate, 2)}
+            "speedup": round(nodes_rate / threads_rate, 2),
+            "work_cpu_s": round(2 * count * work_ms / 1000, 2),
+            "nodes_cpu_s": round(nodes_cpu, 2), "session_wall_s": round(wall, 2),
+            "machine_busy_cores": round(busy_cores, 2),
+            "session_cores": round(nodes_cpu / wall, 2),
+            "steal_cores": round(cpus * machine[7] / total, 2) if len(machine) > 7 else None}
 
 
-SCENARIOS: list[Callable[[Host, Path], dict[str, Any]]] = [
-    chain_throughput, stats_overhead, chain_latency, startup_teardown, crash_teardown,
-    parallel_branches,
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_jiffies() -> list[int]:
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal ..."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        return [int(v) for v in fh.readline().split()[1:]]
+
+
+SCENARIOS: list[Callable[..., dict[str, Any]]] = [
+    hop_throughput, chain_throughput, stats_overhead, chain_latency, startup_teardown,
+    crash_teardown, parallel_branches,
+]
+QUICK: dict[str, dict[str, int]] = {  # --quick: fewer messages and rounds, same scenarios
+    "hop_throughput": {"count": 5000}, "chain_throughput": {"count": 5000},
+    "stats_overhead": {"count": 3000, "rounds": 1},
+    "chain_latency": {"count": 150}, "startup_teardown": {"rounds": 3},
+    "crash_teardown": {"rounds": 3}, "parallel_branches": {"count": 60},
+}
+# (scenario, figure, target, higher is better, what) — issue 14's targets for real nodes
+TARGETS: list[tuple[str, str, float, bool, str]] = [
+    ("hop_throughput", "msgs_per_s", 50_000, True, "1-hop 1 KiB msgs/s through nodes"),
+    ("chain_throughput", "msgs_per_s", 40_000, True, "3-node chain 1 KiB msgs/s"),
+    ("chain_latency", "p50_us", 60, False, "per-hop p50 incl. runner (paced), us"),
+    ("startup_teardown", "ready_p50_s", 0.5, False, "5 nodes start → all Ready, s"),
+    ("startup_teardown", "teardown_p50_s", 0.3, False, "stop → all reaped, s"),
+    ("crash_teardown", "p50_ms", 50, False, "crash → session torn down, ms"),
+    ("parallel_branches", "speedup", 1.8, True, "2 CPU-bound branches ÷ 2 threads"),
 ]
 
 
-def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def targets(runtime: list[dict[str, Any]]) -> list[Target]:
+    """The runtime targets, judged from ``run_all``'s results (as ``bench.Target``)."""
+    from nodehost.bench import at_least, at_most
+
+    by_id = {r.get("id"): r for r in runtime}
+    out: list[Target] = []
+    for scenario, figure, limit, higher, what in TARGETS:
+        value = by_id.get(scenario, {}).get(figure)
+        if value is None:
+            continue
+        judge = at_least if higher else at_most
+        out.append(judge(f"runtime: {what} {'>=' if higher else '<='} {limit:g}",
+                         f"{value:,}", value, limit))
+    return out
+
+
+def run_all(progress: Callable[[str], None] | None = None,
+            quick: bool = False) -> list[dict[str, Any]]:
     from nodehost.session import Host
 
     host = Host()
@@ -209,6 +283,7 @@ def run_all(progress: Callable[[str], None] | None = None) -> list[dict[str, Any
         for scenario in SCENARIOS:
             if progress:
                 progress(scenario.__name__)
-            results.append(scenario(host, Path(tmp)))
+            kwargs = QUICK.get(scenario.__name__, {}) if quick else {}
+            results.append({"id": scenario.__name__, **scenario(host, Path(tmp), **kwargs)})
     host.close()
     return results

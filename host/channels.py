@@ -43,16 +43,18 @@ import numpy as np
 
 from nodehost import wire
 from nodehost.data import RuntimeData, SampleHold, copy_out, inherited_origin, monotonic_stamp
+from nodehost.errors import ChannelClosed as ChannelClosed
 from nodehost.errors import ChannelError, WireFormatError
+from nodehost.errors import ChannelTimeout as ChannelTimeout
+from nodehost.plan import MAX_FAN_OUT
 
 DEPTH = 16               # messages in flight per channel: each reader's iceoryx2 queue
 BORROW = 8               # received messages a reader may hold zero-copy; beyond, copies
 LOANS = 2                # samples a writer may have loaned (being filled) at once
-MAX_READERS = 16         # upper bound of subscribers of one channel
+MAX_READERS = MAX_FAN_OUT  # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
 DEFAULT_DRAIN_TIMEOUT = 10.0
-ABORT_CHECK_S = 0.1
 
 EVENT_DATA = 0           # N/wake: a message was sent
 EVENT_ROLLCALL = 1       # N/wake: the writer asks every reader to (re)announce itself
@@ -80,14 +82,6 @@ class _Ack(ctypes.Structure):
                 ("reserved", ctypes.c_uint32)]
 
 
-class ChannelClosed(ChannelError):
-    """The channel (or its whole data plane) was closed or shut down while in use."""
-
-
-class ChannelTimeout(ChannelError):
-    """A blocking channel operation did not complete in time."""
-
-
 def _duration(seconds: float) -> Any:
     return iox2.Duration.from_secs_f64(max(0.0, min(seconds, _FOREVER)))
 
@@ -96,7 +90,7 @@ def _service_name(name: str) -> Any:
     try:
         return iox2.ServiceName.new(name)
     except Exception as exc:
-        raise ChannelError(f"invalid channel name {name!r}: {exc!r}") from None
+        raise ChannelError(f"invalid channel name {name!r}: {exc!r}") from exc
 
 
 def _open_or_create(name: str, opener: Callable[[], Any], creator: Callable[[], Any]) -> Any:
@@ -115,13 +109,13 @@ def _open_or_create(name: str, opener: Callable[[], Any], creator: Callable[[], 
                 raise ChannelError(f"channel {name!r} exists with incompatible settings "
                                    f"({exc!r}): both ends must agree on backpressure, and "
                                    "the writer's max_subscribers must cover every reader"
-                                   ) from None
+                                   ) from exc
             last = exc
         try:
             return creator()
         except Exception as exc:
             last = exc
-    raise ChannelError(f"cannot open or create channel {name!r}: {last!r}")
+    raise ChannelError(f"cannot open or create channel {name!r}: {last!r}") from last
 
 
 class DataPlane:
@@ -405,9 +399,10 @@ class ChannelWriter:
         self.backpressure = backpressure
         self.max_subscribers = max_subscribers
         self.session_id = session_id
-        # Called while blocked, at least every ABORT_CHECK_S; may raise to abort. A fallback
-        # for callers that cannot hand over an fd: DataPlane.set_interrupt is event-driven.
-        self.abort_check: Callable[[], None] | None = None
+        # While blocked: called every ``blocked_tick_s`` (the runner reports its stats). A
+        # stop does not wait for it: DataPlane.set_interrupt's fds wake the wait at once.
+        self.on_blocked: Callable[[], None] | None = None
+        self.blocked_tick_s = 1.0
         self._started = not backpressure
         self.service = plane._data_service(name, backpressure, max_subscribers)
         # Static slots of capacity + header bytes: every message up to the capacity fits
@@ -587,16 +582,16 @@ class ChannelWriter:
                     self._waitset = plane._new_waitset([self._ack_listener],
                                                        plane._interrupt_fds)
                 waitset, guards = self._waitset
-                if self.abort_check is not None:
-                    remaining = min(remaining, ABORT_CHECK_S)
+                if self.on_blocked is not None:
+                    remaining = min(remaining, self.blocked_tick_s)
                 ids, _result = waitset.wait_and_process_with_timeout(_duration(remaining))
                 self._ack_listener.try_wait()  # consume, or the WaitSet fires again at once
                 fds = guards[1:1 + len(plane._interrupt_fds)]
                 if plane._interrupt_cb is not None and \
                         any(i.has_event_from(g) for i in ids for g in fds):
                     plane._interrupt_cb()
-                if self.abort_check is not None:
-                    self.abort_check()
+                if self.on_blocked is not None:
+                    self.on_blocked()
         finally:
             self.blocked_ns += time.monotonic_ns() - started
 
@@ -609,7 +604,7 @@ class ChannelWriter:
             self._unreserve(nbytes)
             raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
                                f"shared memory ({exc!r}); at most {LOANS} loans at once"
-                               ) from None
+                               ) from exc
 
     def _send_sample(self, sample: Any, kind: int, nbytes: int,
                      fields: tuple[Any, ...], origin_ns: int = 0) -> None:
@@ -750,7 +745,7 @@ class ChannelReader:
         self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
         self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
         self._ack_pending = 0
-        self._ack_every = max(1, DEPTH // 2)
+        self._ack_every = max(1, DEPTH // 4)
         self._borrowed = 0
         self._last_seq = 0
         self._last_ts = 0

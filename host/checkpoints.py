@@ -57,4 +57,4 @@ def resolve_checkpoint(checkpoint: str, hf_cache: str | None = None) -> Path:
             f"{folder}checkpoint {repo_id!r} is not in the local Hugging Face cache {cache} "
             f"({type(exc).__name__}); nodes never download models: fetch it where there is "
             f"network (`hf download {repo_id}`), or pass a local folder, and grant that "
-            "folder in the node's sandbox.fs_read") from None
+            "folder in the node's sandbox.fs_read") from exc

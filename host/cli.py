@@ -76,18 +76,24 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from nodehost.inspect_view import manifest_doc, render
+
     registry = _registry()
     node_type = registry.get(args.type)
-    data = node_type.manifest.model_dump(mode="json", exclude_none=True)
     if args.json:
+        data = node_type.manifest.model_dump(mode="json", exclude_none=True)
         print(json.dumps({"plugin": node_type.plugin, "source": node_type.source,
                           "manifest": data}, indent=2))
+        return EXIT_OK
+    if not args.yaml:
+        print(render(node_type))
         return EXIT_OK
     import yaml
 
     print(f"# {node_type.name} from {node_type.plugin} {node_type.plugin_version} "
           f"({node_type.source})")
-    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None).rstrip())
+    print(yaml.safe_dump(manifest_doc(node_type.manifest), sort_keys=False,
+                         default_flow_style=None, allow_unicode=True).rstrip())
     return EXIT_OK
 
 
@@ -153,7 +159,31 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
-    return run_pipeline(args.config, events=args.events)
+    return run_pipeline(args.config, events=args.events, log_dir=args.log_dir,
+                        overrides=args.set or ())
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from nodehost.config import load_config, validate_pipeline
+    from nodehost.graph import RENDERED, picture
+
+    if args.format in RENDERED and args.output is None and sys.stdout.isatty():
+        print(f"error: --format {args.format} is binary: write it with -o FILE",
+              file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config)
+    try:
+        pipeline = validate_pipeline(config, _registry().node_types)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(args.config)) from None
+    data = picture(pipeline, args.format, args.stats)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output} ({args.format}, {len(data)} bytes)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -163,11 +193,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_env(args: argparse.Namespace) -> int:
-    from nodehost import envs  # imported only here: `nodehost nodes` stays fast
-
-    code: int = envs.main(args.env_args)
-    return code
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -233,8 +258,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(as_json=args.json)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    try:
+        import shtab
+    except ImportError:
+        raise NodehostError("shell completion needs shtab: pip install 'nodehost[completion]'"
+                            ) from None
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
+
+
 def _add_author_commands(sub: Any) -> None:
-    """``new`` (plugin scaffold) and ``doctor`` (what this machine offers)."""
+    """``new`` (plugin scaffold), ``doctor`` (what this machine offers), ``completion``."""
+    p = sub.add_parser("completion", help="print a shell completion script: "
+                                          "eval \"$(nodehost completion bash)\"")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p.set_defaults(func=cmd_completion)
     p = sub.add_parser("doctor", help="check kernel, sandbox layers, /dev/shm and plugins "
                                       "(exit 1 when something required is missing)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -264,9 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_nodes)
 
-    p = sub.add_parser("inspect", help="show one node type's manifest in full")
+    p = sub.add_parser("inspect", help="show one node type: ports, params, resources, sandbox")
     p.add_argument("type", help="node type, e.g. Gain")
-    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--yaml", action="store_true", help="the manifest as YAML")
+    form.add_argument("--json", action="store_true", help="the manifest and its source as JSON")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("validate", help="check a pipeline config (exit 0 valid, 2 invalid)")
@@ -275,21 +316,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one session of a pipeline config")
     p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE",
+                   help="override a node's param, typed by its manifest (repeatable), e.g. "
+                        "--set asr.beam_size=2")
     p.add_argument("--events", choices=["json", "log", "live", "quiet"], default=None,
                    help="json: one JSON event per line on stdout; log: every state change; "
                         "live: terminal view (default when stdout is a terminal); quiet: "
                         "node logs, errors and the summary (default otherwise)")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="write every node's output lines and log records to DIR/<node>.log")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")
+    p.add_argument("config", help="pipeline config file (YAML, JSON or TOML)")
+    p.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid",
+                   help="mermaid (default) and dot are text; svg and png need Graphviz")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--stats", metavar="EVENTS",
+                   help="annotate with a saved run: `nodehost run CONFIG --events json > "
+                        "EVENTS` (rates, occupancy, drops, blocked time)")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("bench", help="data-plane benchmark against baselines",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("env", help="per-node Python environments: list, prune, build",
-                       add_help=False)
-    p.add_argument("env_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_env)
+    from nodehost.env_cli import add_cli as add_env_cli  # argparse only: imports stay light
+
+    add_env_cli(sub)
 
     p = sub.add_parser("agent", help="run nodes placed on this machine by coordinators "
                                      "elsewhere (Zenoh; token from NODEHOST_AGENT_TOKEN)",
@@ -310,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with parsers of their own (and heavy imports): their arguments, --help
 # included, go to them untouched.
-_DELEGATED = {"bench": (cmd_bench, "bench_args"), "env": (cmd_env, "env_args"),
-              "agent": (cmd_agent, "agent_args")}
+_DELEGATED = {"bench": (cmd_bench, "bench_args"), "agent": (cmd_agent, "agent_args")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -39,6 +40,9 @@ DEFAULT_CAPACITY = 16 * 1024 * 1024
 YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NODE_ID = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 PIPELINE_NAME = r"^[A-Za-z0-9_.-]+$"
+# Placeholder for the node's private temp dir, made only when a session starts: no config can
+# name a path inside it.
+_NO_TMP_DIR = "/nonexistent/nodehost-node-tmp"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 MACHINE_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
@@ -190,6 +194,9 @@ class PipelineConfig(_Strict):
     name: str = Field(default="pipeline", json_schema_extra={"pattern": PIPELINE_NAME})
     max_processes: int | None = Field(default=None, gt=0)
     init_timeout_s: float = Field(default=300.0, gt=0)
+    # A stop the user asked for (Ctrl-C, Session.stop) gives nodes this long to finish
+    # cleanup() before they are terminated; a failure tears the session down at once.
+    stop_grace_s: float = Field(default=5.0, ge=0)
     nodes: list[NodeConfig] = Field(min_length=1)
     connections: list[Connection] = Field(default_factory=list)
     inputs: dict[SessionPortName, SessionInputTargets] = Field(
@@ -238,7 +245,7 @@ def load_document(path: str | Path) -> Any:
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory, not a config file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -323,6 +330,41 @@ def _resolve_path_params(params: Mapping[str, Any], manifest: NodeManifest,
 
 
 # --------------------------------------------------------------------------- validation
+
+def _path_param_issues(node: ResolvedNode) -> list[Issue]:
+    """Files a node is given in its params exist and lie inside its grants: a config that
+    points a node at a missing file, or at one its sandbox will deny, fails here instead of
+    deep inside a library at run time ("System error.")."""
+    from nodehost.plan import package_paths
+    from nodehost.sandbox import SandboxPlan, may_access
+
+    plan = SandboxPlan(tmp_dir=_NO_TMP_DIR, network=node.sandbox.network,
+                       fs_read=tuple(node.sandbox.fs_read), fs_write=tuple(node.sandbox.fs_write),
+                       plugin_paths=tuple(package_paths(node.manifest.entrypoint)))
+    loc = f"nodes[{node.index}]"
+    issues = []
+    for name, spec in node.manifest.params.items():
+        value = getattr(node.params, name, None)
+        access = spec.path_access
+        if access is None or name not in node.config.params or not isinstance(value, str):
+            continue
+        where = f"{loc}.params.{name}"
+        if access == "write":
+            folder = os.path.dirname(value) or "."
+            if not os.path.isdir(folder):
+                issues.append(Issue(where, f"{value}: folder {folder} does not exist"))
+            elif not may_access(value, plan, write=True):
+                issues.append(Issue(where, f"{value} is outside what the node may write; add "
+                                           f"it (or its folder) to {loc}.sandbox.fs_write"))
+            continue
+        if not os.path.exists(value):
+            if access == "read":
+                issues.append(Issue(where, f"{value} does not exist"))
+        elif not may_access(value, plan):
+            issues.append(Issue(where, f"{value} is outside what the node may read; add its "
+                                       f"folder to {loc}.sandbox.fs_read"))
+    return issues
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -446,11 +488,48 @@ def _resolve_port(
     return Endpoint(node_id, port)
 
 
+def _fan_out_problem(conn: ResolvedConnection,
+                     siblings: list[ResolvedConnection]) -> Issue | None:
+    """Every connection from one output shares its channel: one set of settings, and at most
+    MAX_FAN_OUT readers."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    loc = f"connections[{conn.index}]"
+    if len(siblings) >= MAX_FAN_OUT:
+        return Issue(f"{loc}.from", f"output {conn.source} already feeds {MAX_FAN_OUT} inputs "
+                                    f"(connections[{siblings[0].index}] and on), the most one "
+                                    "channel has; fan out in two stages (e.g. through a "
+                                    "pass-through node)")
+    if not siblings:
+        return None
+    first = siblings[0]
+    for what, mine, theirs in (("backpressure", conn.backpressure, first.backpressure),
+                               ("capacity", conn.capacity, first.capacity)):
+        if mine != theirs:
+            return Issue(f"{loc}.{what}",
+                         f"{what} {json.dumps(mine)} differs from connections[{first.index}] "
+                         f"({json.dumps(theirs)}), which reads the same output {conn.source}: "
+                         f"the connections of one output share one channel, so they need the "
+                         f"same {what}")
+    return None
+
+
 def output_rates(node: ResolvedNode, port: PortSpec) -> list[int] | None:
-    if port.sample_rate_from_param is not None:
-        value = getattr(node.params, port.sample_rate_from_param, None)
+    return _derived(node, port.sample_rate_from_param, port.sample_rate)
+
+
+def output_channels(node: ResolvedNode, port: PortSpec) -> list[int] | None:
+    return _derived(node, port.channels_from_param, port.channels)
+
+
+def _derived(node: ResolvedNode, param: str | None, declared: list[int] | None
+             ) -> list[int] | None:
+    """What an output produces when a param decides it (unset: anything), else what its
+    manifest declares."""
+    if param is not None:
+        value = getattr(node.params, param, None)
         return [int(value)] if value is not None else None
-    return port.sample_rate
+    return declared
 
 
 def _compatibility(
@@ -464,7 +543,8 @@ def _compatibility(
     checks: list[tuple[str, list[Any] | None, list[Any] | None, str]] = [
         ("sample rate", output_rates(src, src_port), dst_port.sample_rate,
          "insert a Resample node between them"),
-        ("channel count", src_port.channels, dst_port.channels, "insert a channel mixer"),
+        ("channel count", output_channels(src, src_port), dst_port.channels,
+         "insert a Resample node with channels set between them"),
         ("sample format", src_port.sample_format, dst_port.sample_format,
          "convert the samples between them"),
         ("pixel format", src_port.format, dst_port.format, "insert a pixel-format converter"),
@@ -503,9 +583,10 @@ def validate_pipeline(
         declared[node_cfg.id] = index
         node_type = node_types.get(node_cfg.type)
         if node_type is None:
+            from nodehost.discovery import unknown_type_hint
+
             issues.append(Issue(f"{loc}.type", f"unknown node type {node_cfg.type!r}"
-                                               f"{_closest(node_cfg.type, node_types)}; "
-                                               "`nodehost nodes` lists the installed ones"))
+                                               f"{unknown_type_hint(node_cfg.type, node_types)}"))
             continue
         manifest = node_type.manifest
         try:
@@ -514,9 +595,10 @@ def validate_pipeline(
         except ValidationError as exc:
             issues.extend(pydantic_issues(exc, f"{loc}.params"))
             continue
-        nodes[node_cfg.id] = ResolvedNode(
+        node = nodes[node_cfg.id] = ResolvedNode(
             index, node_cfg, node_type, params, manifest.sandbox.merged(node_cfg.sandbox)
         )
+        issues.extend(_path_param_issues(node))
 
     issues.extend(placement_issues(config))
     if config.max_processes is not None and len(config.nodes) > config.max_processes:
@@ -525,6 +607,7 @@ def validate_pipeline(
                                              f"{config.max_processes}"))
 
     connections: list[ResolvedConnection] = []
+    branches: dict[Endpoint, list[ResolvedConnection]] = {}  # fan-out: connections per output
     seen_inputs: dict[Endpoint, int] = {}
     for index, conn in enumerate(config.connections):
         loc = f"connections[{index}]"
@@ -550,11 +633,16 @@ def validate_pipeline(
         if problem:
             issues.append(Issue(loc, problem))
             continue
-        connections.append(
-            ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
-        )
+        resolved = ResolvedConnection(index, src, dst, conn.capacity, conn.backpressure)
+        fan_out_issue = _fan_out_problem(resolved, branches.setdefault(src, []))
+        if fan_out_issue:
+            issues.append(fan_out_issue)
+            continue
+        branches[src].append(resolved)
+        connections.append(resolved)
 
     inputs, outputs = _resolve_session_ports(config, nodes, declared, seen_inputs, issues)
+    issues.extend(_session_fan_out_issues(inputs, outputs, branches))
     if len(nodes) == len(config.nodes) and not issues:
         fed_by_session = {ep for session_input in inputs.values() for ep in session_input.ports}
         for node in nodes.values():
@@ -628,10 +716,33 @@ def _resolve_session_ports(
         read[port] = name
         node = nodes[port.node]
         spec = node.manifest.outputs[port.port]
-        rates = output_rates(node, spec)
-        spec = spec.model_copy(update={"sample_rate": rates, "sample_rate_from_param": None})
+        spec = spec.model_copy(update={
+            "sample_rate": output_rates(node, spec), "sample_rate_from_param": None,
+            "channels": output_channels(node, spec), "channels_from_param": None})
         outputs[name] = SessionPort(name, "output", (port,), spec)
     return inputs, outputs
+
+
+def _session_fan_out_issues(inputs: Mapping[str, SessionPort], outputs: Mapping[str, SessionPort],
+                            branches: Mapping[Endpoint, list[ResolvedConnection]]) -> list[Issue]:
+    """A session input's channel and a read output's channel hold MAX_FAN_OUT readers too
+    (the application's reader of an output is one of them)."""
+    from nodehost.plan import MAX_FAN_OUT
+
+    issues = []
+    for name, session_input in inputs.items():
+        if len(session_input.ports) > MAX_FAN_OUT:
+            issues.append(Issue(f"inputs.{name}", f"feeds {len(session_input.ports)} ports, "
+                                                  f"more than the {MAX_FAN_OUT} one channel "
+                                                  "has; use several session inputs"))
+    for name, session_output in outputs.items():
+        port = session_output.ports[0]
+        if len(branches.get(port, [])) >= MAX_FAN_OUT:
+            issues.append(Issue(f"outputs.{name}", f"output {port} already feeds "
+                                                   f"{MAX_FAN_OUT} inputs, the most one channel "
+                                                   "has with the session's own reader; fan "
+                                                   "out in two stages"))
+    return issues
 
 
 def _common_spec(ports: list[tuple[Endpoint, PortSpec]], loc: str,
@@ -699,3 +810,73 @@ def _topological_order(
                                            f"{', '.join(cyclic)}; pipelines must be acyclic"))
     return order
 
+
+
+# --------------------------------------------------------------------------- --set overrides
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _typed_value(raw: str, kind: str) -> Any:
+    """``raw`` (command-line text) as the manifest's param type; ValueError says why not."""
+    if kind == "string":
+        return raw
+    if kind == "integer":
+        return int(raw)
+    if kind == "number":
+        return float(raw)
+    if kind == "boolean":
+        if raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(f"{raw!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+    value = yaml.safe_load(raw)  # array / object: YAML flow syntax, e.g. [1, 2] or {a: 1}
+    expected = list if kind == "array" else dict
+    if not isinstance(value, expected):
+        raise ValueError(f"{raw!r} is not an {kind} (write it in YAML: "
+                         f"{'[1, 2]' if kind == 'array' else '{a: 1}'})")
+    return value
+
+
+def apply_overrides(config: PipelineConfig, overrides: Iterable[str],
+                    node_types: Mapping[str, Any]) -> PipelineConfig:
+    """``config`` with ``NODE.PARAM=VALUE`` overrides (``nodehost run --set``) applied, each
+    value typed by the node type's manifest. Ranges and enums are checked afterwards by
+    ``validate_pipeline``, like any param, at ``nodes[i].params.PARAM``."""
+    issues: list[Issue] = []
+    nodes = [n.model_copy(deep=True) for n in config.nodes]
+    by_id = {n.id: n for n in nodes}
+    for item in overrides:
+        loc = f"--set {item}"
+        target, eq, raw = item.partition("=")
+        node_id, dot, param = target.partition(".")
+        if not eq or not dot or not node_id or not param:
+            issues.append(Issue(loc, "expected NODE.PARAM=VALUE, e.g. asr.beam_size=2"))
+            continue
+        node = by_id.get(node_id)
+        if node is None:
+            issues.append(Issue(loc, f"no node {node_id!r} in the config"
+                                     f"{_closest(node_id, by_id)}"))
+            continue
+        node_type = node_types.get(node.type)
+        if node_type is None:  # validate_pipeline reports the unknown type itself
+            node.params[param] = raw
+            continue
+        spec = node_type.manifest.params.get(param)
+        if spec is None:
+            known = ", ".join(node_type.manifest.params) or "none"
+            issues.append(Issue(loc, f"{node.type} has no param {param!r}"
+                                     f"{_closest(param, node_type.manifest.params)}; its "
+                                     f"params: {known}"))
+            continue
+        try:
+            node.params[param] = _typed_value(raw, spec.type)
+        except ValueError as exc:
+            why = str(exc) if spec.type in ("boolean", "array", "object") else \
+                f"{raw!r} is not an {spec.type}" if spec.type == "integer" else \
+                f"{raw!r} is not a {spec.type}"
+            issues.append(Issue(loc, f"{node.type}.{param}: {why}"))
+    if issues:
+        raise ConfigError(issues)
+    updated = config.model_copy(update={"nodes": nodes})
+    updated._base_dir = config._base_dir
+    return updated

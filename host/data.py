@@ -249,7 +249,7 @@ class RuntimeData:
             try:
                 self._text = self.as_array().tobytes().decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise WireFormatError(f"text payload is not valid UTF-8: {exc}") from None
+                raise WireFormatError(f"text payload is not valid UTF-8: {exc}") from exc
         return self._text
 
     def release(self) -> None:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from nodehost import hookspecs
 from nodehost.errors import DiscoveryError, pydantic_issues
+from nodehost.errors import HookTimeout as HookTimeout
 from nodehost.manifest import NodeManifest
 
 ENTRY_POINT_GROUP = "nodehost"
@@ -38,6 +39,17 @@ HOOK_TIMEOUT_S = 10.0
 EVENT_HOOK_TIMEOUT_S = 1.0
 
 log = logging.getLogger("nodehost.discovery")
+
+# The node types of the plugins in nodehost's own plugins/ folder: a config that names one
+# which is not installed is told what to install (tests/test_discovery.py checks this table
+# against those manifests).
+BUNDLED_NODE_TYPES: dict[str, str] = {
+    **dict.fromkeys(("AudioBuffer", "AudioChunker", "Gain", "Resample", "WavSink", "WavSource"),
+                    "nodehost-audio"),
+    "LFM2Audio": "nodehost-lfm2audio",
+    **dict.fromkeys(("PiperTTS", "ReplyText", "SileroVAD", "WhisperASR"), "nodehost-speech"),
+    "VibeVoiceTTS": "nodehost-vibevoice",
+}
 T = TypeVar("T")
 
 
@@ -72,10 +84,6 @@ class PluginInfo:
     entry_point: str
     hooks: list[str] = field(default_factory=list)
     node_types: list[str] = field(default_factory=list)
-
-
-class HookTimeout(Exception):
-    """A plugin's import or hook did not return in time."""
 
 
 def _call_with_timeout(fn: Callable[[], T], timeout: float) -> T:
@@ -211,6 +219,8 @@ class Registry:
                 continue
             try:
                 plugin = _call_with_timeout(ep.load, self.timeout)
+            except KeyboardInterrupt:
+                raise  # Ctrl-C while waiting for a plugin: the user's, not the plugin's
             except BaseException as exc:
                 self._fail(dist_name, f"import of {ep.value!r} failed: {_describe(exc)}", ep.name)
                 continue
@@ -246,6 +256,8 @@ class Registry:
     def _take_manifests(self, info: PluginInfo, hook: Callable[[], Any]) -> None:
         try:
             items = _call_with_timeout(hook, self.timeout)
+        except KeyboardInterrupt:
+            raise
         except BaseException as exc:
             self._fail(info.name, f"nodehost_node_manifests() failed: {_describe(exc)}",
                        info.entry_point)
@@ -287,10 +299,8 @@ class Registry:
         try:
             return self.node_types[node_type]
         except KeyError:
-            close = difflib.get_close_matches(node_type, list(self.node_types), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise DiscoveryError(f"unknown node type {node_type!r}{hint}; "
-                                 "`nodehost nodes` lists the installed ones") from None
+            raise DiscoveryError(f"unknown node type {node_type!r}"
+                                 f"{unknown_type_hint(node_type, self.node_types)}") from None
 
     def notify(self, event: Mapping[str, Any]) -> None:
         """Deliver a session event to every plugin; a failing plugin is logged and skipped.
@@ -324,6 +334,18 @@ class Registry:
             elif "error" in box:
                 log.warning("plugin %s: nodehost_session_event failed: %s", name,
                             _describe(box["error"]))
+
+
+def unknown_type_hint(node_type: str, known: Iterable[str]) -> str:
+    """What to say after "unknown node type 'X'": the distribution that provides a bundled
+    type, else the closest installed names."""
+    dist = BUNDLED_NODE_TYPES.get(node_type)
+    if dist is not None:
+        return (f"; it is provided by {dist}, which is not installed: "
+                f"pip install -e plugins/{dist} (in a nodehost checkout)")
+    close = difflib.get_close_matches(node_type, list(known), n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    return f"{hint}; `nodehost nodes` lists the installed ones"
 
 
 def discover(*, plugins: Iterable[object] = (), disabled: Iterable[str] = (),

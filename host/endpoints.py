@@ -48,8 +48,16 @@ from nodehost.channels import (
     DataPlane,
 )
 from nodehost.data import RuntimeData
-from nodehost.errors import SessionEnded, SessionError, SessionFailed, WireFormatError
-from nodehost.wire import InvalidRuntimeData
+from nodehost.errors import (
+    InvalidRuntimeData,
+    SessionEnded,
+    SessionError,
+    SessionFailed,
+    WireFormatError,
+)
+from nodehost.errors import (
+    SendTimeout as SendTimeout,
+)
 
 if TYPE_CHECKING:
     from nodehost.config import SessionPort, ValidatedPipeline
@@ -65,10 +73,6 @@ class _Pending:
 
 
 _PENDING = _Pending()
-
-
-class SendTimeout(ChannelTimeout, TimeoutError):
-    """``send()`` or ``close_input()`` waited ``timeout`` seconds for room in the channel."""
 
 
 def check_accepts(port: SessionPort, data: RuntimeData) -> None:
@@ -164,13 +168,15 @@ class SessionEnds:
         return kind(f"session {self.session_id} {state} ({result.reason}): cannot {doing}",
                     result)
 
-    def _writer(self, name: str) -> ChannelWriter:
-        writer = self._writers.get(name)
-        if writer is None:
+    def _name(self, name: str) -> str:
+        if name not in self._writers:
             known = ", ".join(sorted(self._writers)) or "none"
             raise SessionError(f"session {self.session_id} has no input {name!r} (its "
                                f"inputs: {known})")
-        return writer
+        return name
+
+    def _writer(self, name: str) -> ChannelWriter:
+        return self._writers[self._name(name)]
 
     # -- inputs --------------------------------------------------------------------------
     def send(self, name: str, data: RuntimeData, timeout: float | None = None) -> None:
@@ -198,17 +204,25 @@ class SessionEnds:
             raise self._ended_error(f"send to input {name!r}") from exc
 
     async def asend(self, name: str, data: RuntimeData, timeout: float | None = None) -> None:
+        check_accepts(self.inputs[self._name(name)], data)
+        await self._awrite(name, data.payload_size,
+                           lambda writer: self._send_locked(name, writer, data, 0),
+                           lambda: self.send(name, data, timeout))
+
+    async def _awrite(self, name: str, nbytes: int, now: Callable[[ChannelWriter], None],
+                      blocking: Callable[[], None]) -> None:
+        """``now(writer)`` in the loop's thread, under the input's lock, when the channel
+        has room for ``nbytes``; else ``blocking()`` in a thread of its own."""
         writer = self._writer(name)
-        check_accepts(self.inputs[name], data)
         lock = self._send_locks[name]
         if lock.acquire(blocking=False):
-            try:  # room in the channel: send from the loop's thread, no thread hop
-                if not self._send_would_block(name, writer, data.payload_size):
-                    self._send_locked(name, writer, data, 0)
+            try:
+                if not self._send_would_block(name, writer, nbytes):
+                    now(writer)
                     return
             finally:
                 lock.release()
-        await off_loop(self.send, name, data, timeout)
+        await off_loop(blocking)
 
     def _send_would_block(self, name: str, writer: ChannelWriter, nbytes: int) -> bool:
         if self._result is not None or name in self._closed_inputs or writer.closed or \
@@ -219,22 +233,29 @@ class SessionEnds:
     def close_input(self, name: str, timeout: float | None = None) -> None:
         writer = self._writer(name)
         with self._send_locks[name]:
-            if name in self._closed_inputs:
-                return
-            if self._result is not None:
-                raise self._ended_error(f"close input {name!r}")
-            try:
-                writer.send_eos(timeout)
-            except ChannelTimeout as exc:
-                raise SendTimeout(f"session {self.session_id}: no room for the end of stream "
-                                  f"of input {name!r} within {timeout} s") from exc
-            except ChannelClosed as exc:
-                if self._result is None:
-                    raise
-                raise self._ended_error(f"close input {name!r}") from exc
-            # The publisher stays open until the session ends: it owns the samples in
-            # flight, which the nodes may not have taken yet.
-            self._closed_inputs.add(name)
+            self._close_locked(name, writer, timeout)
+
+    async def aclose_input(self, name: str, timeout: float | None = None) -> None:
+        await self._awrite(name, 0, lambda writer: self._close_locked(name, writer, 0),
+                           lambda: self.close_input(name, timeout))
+
+    def _close_locked(self, name: str, writer: ChannelWriter, timeout: float | None) -> None:
+        if name in self._closed_inputs:
+            return
+        if self._result is not None:
+            raise self._ended_error(f"close input {name!r}")
+        try:
+            writer.send_eos(timeout)
+        except ChannelTimeout as exc:
+            raise SendTimeout(f"session {self.session_id}: no room for the end of stream "
+                              f"of input {name!r} within {timeout} s") from exc
+        except ChannelClosed as exc:
+            if self._result is None:
+                raise
+            raise self._ended_error(f"close input {name!r}") from exc
+        # The publisher stays open until the session ends: it owns the samples in
+        # flight, which the nodes may not have taken yet.
+        self._closed_inputs.add(name)
 
     # -- outputs -------------------------------------------------------------------------
     def _take(self) -> tuple[str, RuntimeData] | _Pending | None:
@@ -410,8 +431,12 @@ class SessionIO:
 
     def close_input(self, name: str, timeout: float | None = None) -> None:
         """End of stream on input ``name``: it flows downstream like a source node's.
-        Idempotent; ``send`` to a closed input raises."""
+        Idempotent; ``send`` to a closed input raises. Like ``send`` it may wait for room."""
         self._io().close_input(name, timeout)
+
+    async def aclose_input(self, name: str, timeout: float | None = None) -> None:
+        """``close_input`` for asyncio: never blocks the event loop."""
+        await self._io().aclose_input(name, timeout)
 
     def outputs(self) -> Iterator[tuple[str, RuntimeData]]:
         """``(name, data)`` from the session outputs, in order per output, until every

@@ -76,6 +76,10 @@ class PortSpec(_Strict):
     sample_rate_from_param: str | None = Field(
         default=None, description="output ports: the rate is the value of this param"
     )
+    channels_from_param: str | None = Field(
+        default=None, description="output ports: the channel count is the value of this param "
+                                  "(when it is set; unset: any)"
+    )
 
     _normalize = field_validator(
         "sample_rate", "channels", "sample_format", "format", "dtype", "language", mode="before"
@@ -127,11 +131,20 @@ class ParamSpec(_Strict):
     format: Literal["path"] | None = Field(
         default=None, description='"path": a relative value in a config file is resolved '
                                   "against the config file's folder")
+    access: Literal["read", "write", "lookup"] | None = Field(
+        default=None, description='for format "path": what the node does with it, checked '
+                                  "before anything starts. read (the default): it must exist "
+                                  "and be readable under the node's sandbox; write: its folder "
+                                  "must exist and the path be writable; lookup: a path when it "
+                                  "exists (then readable), else a name the node looks up (a "
+                                  "model id)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
         if self.format == "path" and self.type != "string":
             raise PydanticCustomError("format", 'format "path" applies to string params')
+        if self.access is not None and self.format != "path":
+            raise PydanticCustomError("access", 'access applies to params of format "path"')
         bounded = self.minimum is not None or self.maximum is not None
         if bounded and self.type not in ("number", "integer"):
             raise PydanticCustomError(
@@ -185,6 +198,13 @@ class ParamSpec(_Strict):
         if self.enum is not None and value not in self.enum:
             return f"is not one of {self.enum!r}"
         return None
+
+    @property
+    def path_access(self) -> str | None:
+        """How a ``format: path`` param's file is used (None for other params)."""
+        if self.format != "path":
+            return None
+        return self.access or "read"
 
     @property
     def has_default(self) -> bool:
@@ -298,21 +318,20 @@ class NodeManifest(_Strict):
 
     @model_validator(mode="after")
     def _derived_rates(self) -> NodeManifest:
-        for port_name, port in self.outputs.items():
-            ref = port.sample_rate_from_param
-            if ref is not None and ref not in self.params:
-                raise PydanticCustomError(
-                    "unknown_param",
-                    "outputs.{port}.sample_rate_from_param names unknown param {ref}",
-                    {"port": port_name, "ref": repr(ref)},
-                )
-        for port_name, port in self.inputs.items():
-            if port.sample_rate_from_param is not None:
-                raise PydanticCustomError(
-                    "input_derived",
-                    "inputs.{port}: sample_rate_from_param is only meaningful on outputs",
-                    {"port": port_name},
-                )
+        for field in ("sample_rate_from_param", "channels_from_param"):
+            for port_name, port in self.outputs.items():
+                ref = getattr(port, field)
+                if ref is not None and ref not in self.params:
+                    raise PydanticCustomError(
+                        "unknown_param", "outputs.{port}.{field} names unknown param {ref}",
+                        {"port": port_name, "field": field, "ref": repr(ref)},
+                    )
+            for port_name, port in self.inputs.items():
+                if getattr(port, field) is not None:
+                    raise PydanticCustomError(
+                        "input_derived", "inputs.{port}: {field} is only meaningful on outputs",
+                        {"port": port_name, "field": field},
+                    )
         return self
 
     @property

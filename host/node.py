@@ -104,24 +104,36 @@ class Node(Generic[ParamsT]):
 
 
 def declared_params_model(cls: type[Node[Any]]) -> type[BaseModel] | None:
-    """The model a node class names in ``Node[Model]``, or None for a plain ``Node``."""
+    """The model a node class names in ``Node[Model]`` (or in a generic node base class,
+    ``Faulty[Model]``), or None for a plain ``Node``."""
     import typing
 
     from pydantic import BaseModel
 
     for klass in cls.__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is Node:
-                (arg,) = typing.get_args(base)
-                if isinstance(arg, type) and issubclass(arg, BaseModel) and arg is not BaseModel:
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if not (isinstance(origin, type) and issubclass(origin, Node)):
+                continue
+            for arg in typing.get_args(base):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and \
+                        arg is not BaseModel:
                     return arg
     return None
 
 
 def _as_declared_params(cls: type[Node[Any]], params: ParamsT) -> ParamsT:
+    """``params`` (the manifest's model) as the model the class declares, which must have
+    the same field names: a node whose code and manifest disagree fails at once."""
     model = declared_params_model(cls)
     if model is None or params is None or isinstance(params, model):
         return params
-    dump = getattr(params, "model_dump", None)
-    values = dump() if callable(dump) else params
+    values: dict[str, Any] = params.model_dump()
+    declared, manifest = set(model.model_fields), set(values)
+    if declared != manifest:
+        raise TypeError(
+            f"{cls.__name__} declares params {sorted(declared)} ({model.__name__}) but its "
+            f"manifest has {sorted(manifest)}; make them the same "
+            f"(only in the class: {sorted(declared - manifest)}, only in the manifest: "
+            f"{sorted(manifest - declared)})")
     return model.model_validate(values)  # type: ignore[return-value]

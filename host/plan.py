@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # the node runner imports this module: keep its start-up ligh
     from nodehost.config import ValidatedPipeline
 
 
+MAX_FAN_OUT = 16  # readers of one output: the channel is created for exactly this many at most
+
+
 def new_session_id(name: str) -> str:
     return f"{name[:24]}-{secrets.token_hex(4)}"
 
@@ -133,7 +136,8 @@ def plan_session(pipeline: ValidatedPipeline, session_id: str) -> list[NodeLaunc
         current = outputs[conn.source.node].get(conn.source.port)
         if current is None:
             merged = PortBinding(conn.source.port, name, conn.capacity, conn.backpressure, 1)
-        else:  # fan-out: one channel, the most generous settings of its connections
+        else:  # fan-out: one channel. Its connections agree (validation saw to it); the
+            # reader of a session output adapts to them.
             merged = PortBinding(conn.source.port, name, max(current.capacity, conn.capacity),
                                  current.backpressure or conn.backpressure,
                                  current.subscribers + 1, current.host_reads)

@@ -45,7 +45,7 @@ from nodehost.lifecycle import (
 )
 from nodehost.manifest import NodeManifest
 from nodehost.plan import new_session_id
-from nodehost.session import Session, SessionResult
+from nodehost.session import _HOST_ONLY, Session, SessionResult
 
 if TYPE_CHECKING:
     from nodehost.discovery import Registry
@@ -376,14 +376,24 @@ class DistributedSession(Session):
                 local_pipeline = validate_pipeline(load_config(local.config(config)),
                                                    registry.node_types)
                 self._local = Session(_PartHost(host, registry, self._on_local_event),  # type: ignore[arg-type]
-                                      local_pipeline, session_id=self.id)
+                                      local_pipeline, session_id=self.id, _owner=_HOST_ONLY)
+                self._local._start()
         except BaseException:
             self._stop_parts("the session could not start")
             self._close_agents()
             raise
         self._thread = threading.Thread(target=self._supervise, name=f"nodehost-{self.id}",
                                         daemon=True)
+
+    def _start(self) -> None:
+        """Start the supervisor (``Host.start_session`` calls it once it registered us)."""
         self._thread.start()
+
+    def cancel(self, reason: str = "stopped by request", *, graceful: bool = True) -> None:
+        if not self._finished.is_set():
+            if self._stop_requested is None:
+                self._stop_requested = reason
+            self._inbox.put(("stop", "", {}))
 
     # -- public API ----------------------------------------------------------------------
     def status(self) -> dict[str, ProcessStatus]:
@@ -404,9 +414,7 @@ class DistributedSession(Session):
 
     def stop(self, reason: str = "stopped by request", timeout: float | None = None
              ) -> SessionResult:
-        if not self._finished.is_set():
-            self._stop_requested = reason
-            self._inbox.put(("stop", "", {}))
+        self.cancel(reason)
         return self.wait(timeout)
 
     # -- events from the parts -----------------------------------------------------------

@@ -27,16 +27,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nodehost import control
+from nodehost import protocol
 from nodehost.plan import NodeLaunch
 from nodehost.stats import Samples, percentiles_s
 
 if TYPE_CHECKING:  # asyncio is imported only for a node that is async: it costs ~40 ms CPU
     import asyncio
 
-EXIT_OK = 0
-EXIT_NODE_ERROR = 1
-EXIT_RUNNER_ERROR = 70
+from nodehost.protocol import Cause, ExitCode, Kind, ProcessStatus, Stage
+
+_IDLE, _INITIALIZING = ProcessStatus.IDLE, ProcessStatus.INITIALIZING
+_READY, _PROCESSING = ProcessStatus.READY, ProcessStatus.PROCESSING  # (hot loops: no lookups)
 IDLE_S = 0.25  # Processing → Ready once no input arrived for this long (no status flapping)
 BATCH = 64  # messages taken from one input before looking at control and stats again
 CONTROL_POLL_S = 0.002  # a generating node looks at the control socket at most this often
@@ -52,13 +53,14 @@ class ControlLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.runner.report("log", level=record.levelname, message=self.format(record))
+            self.runner.report(Kind.LOG, level=record.levelname, message=self.format(record))
         except Exception:
             self.handleError(record)
 
 
-class Stopped(Exception):
-    """The host asked this node to stop (or went away)."""
+class Stopped(BaseException):
+    """The host asked this node to stop (or went away). A BaseException, like
+    KeyboardInterrupt: node code's ``except Exception`` must not swallow a stop."""
 
 
 def node_traceback(exc: BaseException) -> str:
@@ -81,7 +83,7 @@ class Runner:
     def __init__(self, sock: socket.socket, launch: NodeLaunch) -> None:
         self.sock = sock
         self.launch = launch
-        self.status = "Idle"
+        self.status = _IDLE
         self.status_since = time.monotonic()
         self.blocked_ns = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -96,20 +98,22 @@ class Runner:
         self.next_stats_ns = 0  # loops compare their own clock reading with this, per message
         self.io: NodeIO | None = None
         self.node: Any = None
+        self.sandbox: Any = None  # the SandboxPlan applied to this process
+        self.layers: list[str] = []
         self.started = False
         self.first_output_ts: float | None = None
         self.next_poll = 0.0
 
     # -- reporting -----------------------------------------------------------------------
-    def report(self, kind: str, **fields: Any) -> None:
-        control.send(self.sock, kind, **fields)
+    def report(self, kind: Kind, **fields: Any) -> None:
+        protocol.send(self.sock, kind, **fields)
 
-    def set_status(self, status: str, **fields: Any) -> None:
+    def set_status(self, status: ProcessStatus, **fields: Any) -> None:
         if status == self.status:
             return
         self.status = status
         self.status_since = time.monotonic()
-        self.report("status", status=status, **fields)
+        self.report(Kind.STATUS, status=status, **fields)
 
     def stats(self, force: bool = False) -> None:
         """Report this node's figures and its channel ends' (at most every
@@ -130,18 +134,21 @@ class Runner:
         self.blocked_ns = blocked_ns
         processing = percentiles_s(self.processing_ns.take())
         age = percentiles_s(self.input_age_ns.take())
-        self.report("stats", received=self.received, sent=self.sent,
+        self.report(Kind.STATS, received=self.received, sent=self.sent,
                     first_output_ts=self.first_output_ts, processing_s=processing,
                     input_age_s=age, busy=round(busy, 4) if elapsed > 0 else None,
                     outputs=outputs, inputs=inputs)
 
-    def while_blocked(self) -> None:
-        """Called while a writer waits for its readers: obey stop, keep reporting."""
-        self.check_control()
-        self.stats()
-
     def progress(self, fraction: float, message: str) -> None:
-        self.report("progress", fraction=fraction, message=message)
+        self.report(Kind.PROGRESS, fraction=fraction, message=message)
+
+    def cleanup(self) -> None:
+        """The node's cleanup() after a stop; its failure is reported, not raised."""
+        try:
+            if self.node is not None:
+                self.resolve(self.node.cleanup())
+        except Exception as exc:
+            self.report(Kind.LOG, level="WARNING", message=f"cleanup failed: {describe(exc)}")
 
     # -- control -------------------------------------------------------------------------
     def check_control(self, block: bool = False) -> None:
@@ -150,14 +157,15 @@ class Runner:
         try:
             while True:
                 try:
-                    message = control.receive(self.sock)
+                    message = protocol.receive(self.sock)
                 except BlockingIOError:
                     return
-                if message is None or message["t"] == "stop":
+                if message is None or message["t"] == Kind.STOP:
                     raise Stopped()
-                if message["t"] == "start":
+                if message["t"] == Kind.START:
                     self.started = True
                     self.last_stats = time.monotonic()  # busy counts from the start on
+                    self.next_stats_ns = int((self.last_stats + self.stats_interval_s) * 1e9)
                     self.busy_ns = 0
                     if block:
                         return
@@ -233,40 +241,48 @@ def run_node(runner: Runner) -> int:
     from nodehost.manifest import NodeManifest
 
     launch = runner.launch
-    try:
-        manifest = NodeManifest.model_validate(launch.manifest)
-        params = manifest.params_model.model_validate(launch.params)
-        plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
-        writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
-                                              backpressure=p.backpressure,
-                                              readers=p.subscribers,
-                                              session_id=launch.session_id)
-                   for p in launch.outputs}
-        for writer in writers.values():  # a writer blocked on backpressure still obeys stop
-            writer.abort_check = runner.while_blocked
-        # Every reader is open before the session starts any source: each message is its.
-        readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
-                                              backpressure=p.backpressure, from_start=True)
-                   for p in launch.inputs}
-        layers = sandbox.apply(sandbox.SandboxPlan(
-            network=launch.network,
-            fs_read=tuple(launch.fs_read),
-            fs_write=tuple(launch.fs_write),
-            tmp_dir=launch.tmp_dir,
-            memory_mb=launch.memory_mb,
-            plugin_paths=tuple(launch.plugin_paths),
-        ))
-    except Exception as exc:
-        runner.report("error", stage="setup", error=describe(exc),
-                      traceback=traceback.format_exc())
-        return EXIT_RUNNER_ERROR
-    runner.io = io = NodeIO(runner, plane, writers, readers)
+    plane: DataPlane | None = None
     finished = False
-    node_logger = logging.getLogger("nodehost.node")
-    node_logger.setLevel(logging.INFO)
-    node_logger.addHandler(ControlLogHandler(runner))
     try:
-        runner.set_status("Initializing", sandbox=layers)
+        try:
+            manifest = NodeManifest.model_validate(launch.manifest)
+            params = manifest.params_model.model_validate(launch.params)
+            plane = DataPlane(f"{launch.session_id}/{launch.node_id}")
+            writers = {p.port: plane.open_writer(p.channel, capacity=p.capacity,
+                                                  backpressure=p.backpressure,
+                                                  readers=p.subscribers,
+                                                  session_id=launch.session_id)
+                       for p in launch.outputs}
+            # A writer blocked by backpressure wakes on the control socket: stop is obeyed
+            # at once, without polling; meanwhile it keeps reporting stats.
+            plane.set_interrupt([runner.sock.fileno()], runner.check_control)
+            for writer in writers.values():
+                writer.on_blocked = runner.stats
+                writer.blocked_tick_s = runner.stats_interval_s
+            # Every reader is open before the session starts any source: each message is its.
+            # Sized like the writer sizes it: whichever end comes first creates the channel.
+            readers = {p.port: plane.open_reader(p.channel, capacity=p.capacity,
+                                                  backpressure=p.backpressure, from_start=True,
+                                                  max_subscribers=p.subscribers)
+                       for p in launch.inputs}
+            runner.sandbox = sandbox.SandboxPlan(
+                network=launch.network,
+                fs_read=tuple(launch.fs_read),
+                fs_write=tuple(launch.fs_write),
+                tmp_dir=launch.tmp_dir,
+                memory_mb=launch.memory_mb,
+                plugin_paths=tuple(launch.plugin_paths),
+            )
+            layers = runner.layers = sandbox.apply(runner.sandbox)
+        except Exception as exc:
+            runner.report(Kind.ERROR, stage=Stage.SETUP, error=describe(exc),
+                          traceback=traceback.format_exc())
+            return ExitCode.RUNNER_ERROR
+        runner.io = io = NodeIO(runner, plane, writers, readers)
+        node_logger = logging.getLogger("nodehost.node")
+        node_logger.setLevel(logging.INFO)
+        node_logger.addHandler(ControlLogHandler(runner))
+        runner.set_status(_INITIALIZING, sandbox=layers)
         try:
             cls = _load_node_class(launch.entrypoint)
             runner.node = node = cls(params, node_id=launch.node_id,
@@ -277,8 +293,8 @@ def run_node(runner: Runner) -> int:
         except Stopped:
             raise
         except BaseException as exc:
-            return io.fail("initialize", exc)
-        runner.set_status("Ready")
+            return io.fail(Stage.INITIALIZE, exc)
+        runner.set_status(_READY)
         runner.check_control(block=True)
         try:
             if readers:
@@ -290,23 +306,26 @@ def run_node(runner: Runner) -> int:
         except Stopped:
             raise
         except BaseException as exc:
-            return io.fail("process" if readers else "generate", exc)
+            return io.fail(Stage.PROCESS if readers else Stage.GENERATE, exc)
         runner.stats(force=True)
-        runner.report("done")
-        return EXIT_OK
+        runner.report(Kind.DONE)
+        return ExitCode.OK
     except Stopped:
-        io.stop()
+        # From here a SIGTERM means cleanup() overran the host's grace period: just die.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        runner.cleanup()
         runner.stats(force=True)
-        return EXIT_OK
+        return ExitCode.OK
     finally:
-        if not finished:
-            # Failed or stopped: the stream did not end, so no end of stream goes downstream
-            # (a sink would take a cut-off stream for a complete one), and nothing waits
-            # for readers to drain (closing would otherwise send EOS and block on them).
-            for writer in writers.values():
-                with contextlib.suppress(Exception):
-                    writer.close(drain_timeout=0, eos=False)
-        plane.close()
+        if plane is not None:
+            if not finished:
+                # Failed or stopped: the stream did not end, so no end of stream goes
+                # downstream (a sink would take a cut-off stream for a complete one), and
+                # nothing waits for readers to drain (closing would send EOS and block).
+                for writer in list(plane.writers):
+                    with contextlib.suppress(Exception):
+                        writer.close(drain_timeout=0, eos=False)
+            plane.close()
 
 
 class NodeIO:
@@ -358,7 +377,7 @@ class NodeIO:
 
     def produce(self) -> None:
         runner = self.runner
-        runner.set_status("Processing")
+        runner.set_status(_PROCESSING)
         processing, mask = runner.processing_ns, Samples.MASK
         monotonic_ns = time.monotonic_ns
         started = monotonic_ns()
@@ -381,7 +400,7 @@ class NodeIO:
         last_input = time.monotonic()
         while open_ports:
             timeout = runner.stats_interval_s
-            if runner.status == "Processing":
+            if runner.status == _PROCESSING:
                 timeout = max(0.0, min(timeout, last_input + IDLE_S - time.monotonic()))
             _ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
                                           timeout=timeout)
@@ -394,8 +413,8 @@ class NodeIO:
                     del open_ports[port]
                     self.deliver(node.end_of_stream(port))
             runner.stats()
-            if runner.status == "Processing" and time.monotonic() - last_input >= IDLE_S:
-                runner.set_status("Ready")
+            if runner.status == _PROCESSING and time.monotonic() - last_input >= IDLE_S:
+                runner.set_status(_READY)
 
     def take(self, port: str, reader: Any) -> int:
         """Up to BATCH messages of one input through the node; returns how many.
@@ -420,8 +439,8 @@ class NodeIO:
             while taken < BATCH and (data := receive()) is not None:
                 taken += 1
                 runner.received += 1
-                if runner.status != "Processing":
-                    runner.set_status("Processing")
+                if runner.status != _PROCESSING:
+                    runner.set_status(_PROCESSING)
                 started = clock()
                 inherited_origin.ns = origin = data.origin_ns
                 ages.values[ages.count & mask] = started - origin
@@ -458,31 +477,32 @@ class NodeIO:
                 writer.close()
         self.runner.resolve(self.runner.node.cleanup())
 
-    def fail(self, stage: str, exc: BaseException) -> int:
+    def fail(self, stage: Stage, exc: BaseException) -> int:
         from nodehost import sandbox
 
         runner = self.runner
         used = sandbox.memory_limit_hit(exc, runner.launch.memory_mb)
         if used is not None:
             # The host words it ("hit its memory limit of N MiB"); the native error is detail.
-            runner.report("error", stage=stage, cause="memory", error=describe(exc),
+            runner.report(Kind.ERROR, stage=stage, cause=Cause.MEMORY, error=describe(exc),
                           memory_limit_mb=runner.launch.memory_mb, memory_used=used,
                           traceback=node_traceback(exc))
-            return sandbox.EXIT_MEMORY_LIMIT
-        runner.report("error", stage=stage, error=describe(exc), traceback=node_traceback(exc))
+            return ExitCode.MEMORY_LIMIT
+        denied = sandbox.denied_path(exc, runner.sandbox) if runner.sandbox else None
+        if denied is not None and "landlock_fs" in runner.layers:
+            path, grant = denied
+            runner.report(Kind.ERROR, stage=stage, cause=Cause.SANDBOX, error=describe(exc),
+                          path=path, grant=grant, traceback=node_traceback(exc))
+        else:
+            runner.report(Kind.ERROR, stage=stage, error=describe(exc),
+                          traceback=node_traceback(exc))
         try:
             if runner.node is not None:
                 runner.resolve(runner.node.cleanup())
         except Exception:
             pass
-        return EXIT_NODE_ERROR
+        return ExitCode.NODE_ERROR
 
-    def stop(self) -> None:
-        try:
-            if self.runner.node is not None:
-                self.runner.resolve(self.runner.node.cleanup())
-        except Exception as exc:
-            self.runner.report("log", message=f"cleanup failed: {describe(exc)}")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -497,21 +517,52 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.preexec()  # die with the host, even if the host is SIGKILLed
 
     def on_sigterm(signum: int, frame: object) -> None:
+        # Once: the host sends SIGTERM to interrupt a node that cannot hear its socket (in
+        # initialize()), and again only when cleanup() overran its grace: then just die.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise Stopped()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # The host stops nodes itself: a Ctrl-C meant for the host (sent to its process group
+    # while this process was being spawned, blocked since) is dropped here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # `kill -USR1 <pid>` prints every thread's stack: how to see where a node hangs.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    args = _parse(argv)
-    sock = socket.socket(fileno=args.control_fd)
-    message = control.receive(sock)
-    if message is None or message.get("t") != "launch":
-        return EXIT_RUNNER_ERROR
-    launch = NodeLaunch.from_json(message["spec"])
-    if os.getppid() != launch.host_pid:  # the host died before we could watch it
-        return EXIT_RUNNER_ERROR
-    return run_node(Runner(sock, launch))
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        args = _parse(argv)
+        sock = socket.socket(fileno=args.control_fd)
+        message = protocol.receive(sock)
+        if message is None or message.get("t") != Kind.LAUNCH:
+            return ExitCode.RUNNER_ERROR
+        launch = NodeLaunch.from_json(message["spec"])
+        if os.getppid() != launch.host_pid:  # the host died before we could watch it
+            return ExitCode.RUNNER_ERROR
+        return run_node(Runner(sock, launch))
+    except Stopped:  # stopped before the node was set up: nothing to clean up
+        return ExitCode.OK
+
+
+def exit_now(code: int) -> None:
+    """End the process without finalizing the interpreter.
+
+    By now everything the runner holds is released: the node's cleanup() ran, its channels
+    are closed (run_node's ``finally``), its log records are sent. What normal interpreter
+    exit adds is tearing down every module and object of numpy, pydantic and iceoryx2 —
+    100–300 ms of CPU on a loaded machine, which every stop and every failure of a session
+    would wait for. atexit handlers (the node's own too) still run; threads the node left
+    running are not waited for (the process is ending: the host would kill them anyway).
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -8,14 +8,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodehost.errors import ConfigError, Issue, NodehostError
-from nodehost.session import Host, Session, SessionResult
+from nodehost.errors import ConfigError, HostClosed, Issue, NodehostError
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+if TYPE_CHECKING:  # imported when used: the signal handlers go in before anything heavy
+    from nodehost.config import PipelineConfig
+    from nodehost.session import Host, Session
+
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def _mib(value: Any) -> str:
@@ -109,32 +112,181 @@ class Timeline:
         return lines
 
 
+class LiveView:
+    """The terminal view of a running session, rebuilt from its events: start-up progress
+    bars until every node is Ready, then per-node rates and a channel table."""
+
+    BAR = 12
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.channels: list[dict[str, Any]] = []
+        self.last_stats: dict[str, Any] | None = None
+        self.rates: dict[str, tuple[float, float]] = {}  # node -> (in/s, out/s)
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "status":
+            row = self.nodes.setdefault(event["node"], {"type": event["node_type"]})
+            row["status"] = event["status"]
+            if event["status"] in ("Ready", "Processing"):
+                row["fraction"] = 1.0
+        elif kind == "progress":
+            row = self.nodes.setdefault(event["node"], {"type": event["node_type"]})
+            row["fraction"] = event.get("fraction") or 0.0
+            row["message"] = event.get("message", "")
+        elif kind == "stats":
+            previous, self.last_stats = self.last_stats, event
+            self.channels = event["channels"]
+            for node, figures in event["nodes"].items():
+                row = self.nodes.setdefault(node, {"type": figures["node_type"]})
+                row["figures"] = figures
+                before = previous["nodes"].get(node) if previous else None
+                dt = event["ts"] - previous["ts"] if previous else 0.0
+                if before is not None and dt > 0:
+                    self.rates[node] = ((figures["received"] - before["received"]) / dt,
+                                        (figures["sent"] - before["sent"]) / dt)
+
+    def _bar(self, fraction: float) -> str:
+        filled = max(0, min(self.BAR, round(fraction * self.BAR)))
+        return "█" * filled + "░" * (self.BAR - filled)
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        parts: list[Any] = []
+        starting = [n for n, r in self.nodes.items()
+                    if r.get("status") in (None, "Idle", "Initializing")]
+        if starting:
+            init = Table(title="starting", title_justify="left", box=None)
+            for col in ("node", "type", "progress", ""):
+                init.add_column(col)
+            for node in starting:
+                row = self.nodes[node]
+                fraction = row.get("fraction", 0.0)
+                init.add_row(node, row["type"], f"{self._bar(fraction)} {fraction:4.0%}",
+                             row.get("message", row.get("status") or ""))
+            parts.append(init)
+        nodes = Table(title=f"nodehost session {self.session_id}", title_justify="left")
+        for col in ("node", "type", "status", "in", "out", "in/s", "out/s", "process p50",
+                    "age p50", "age p99", "busy", "memory"):
+            nodes.add_column(col, justify="left" if col in ("node", "type", "status")
+                             else "right")
+        for node, row in self.nodes.items():
+            f = row.get("figures") or {}
+            rate_in, rate_out = self.rates.get(node, (0.0, 0.0))
+            nodes.add_row(node, row["type"], row.get("status", ""), str(f.get("received", 0)),
+                          str(f.get("sent", 0)), f"{rate_in:.0f}", f"{rate_out:.0f}",
+                          _ms((f.get("processing_s") or {}).get("p50")),
+                          _ms((f.get("input_age_s") or {}).get("p50")),
+                          _ms((f.get("input_age_s") or {}).get("p99")),
+                          "-" if f.get("busy") is None else f"{f['busy']:.0%}",
+                          _mib(f.get("memory")))
+        parts.append(nodes)
+        if self.channels:
+            table = Table(title="channels", title_justify="left")
+            for col in ("from", "to", "state", "occupancy", "in flight", "sent", "dropped",
+                        "blocked"):
+                table.add_column(col, justify="right" if col in (
+                    "in flight", "sent", "dropped", "blocked") else "left")
+            for c in self.channels:
+                table.add_row(c["from"], ", ".join(c["to"]), c["state"], self._occupancy(c),
+                              str(c["in_flight"]), str(c["sent"]),
+                              f"[red]{c['dropped']}[/red]" if c["dropped"] else "0",
+                              f"{c['blocked_s']:.2f} s")
+            parts.append(table)
+        return Group(*parts)
+
+    def _occupancy(self, channel: dict[str, Any]) -> str:
+        if channel["occupancy"] is None:  # drop mode: messages in flight of the queue depth
+            from nodehost.channels import DEPTH
+
+            return f"{self._bar(channel['in_flight'] / DEPTH)} {channel['in_flight']}/{DEPTH}"
+        fraction = channel["occupancy"] / channel["capacity"]
+        return f"{self._bar(fraction)} {_kib(channel['occupancy'])}"
+
+
+def _ms(seconds: Any) -> str:
+    return f"{seconds * 1e3:.1f} ms" if isinstance(seconds, int | float) else "-"
+
+
+def _kib(nbytes: int) -> str:
+    return f"{nbytes / 1024:.0f} KiB" if nbytes >= 1024 else f"{nbytes} B"
+
+
 def _live(session: Session, timeline: Timeline) -> Iterator[dict[str, Any]]:
     from rich.console import Console
     from rich.live import Live
-    from rich.table import Table
 
-    def table() -> Table:
-        t = Table(title=f"nodehost session {session.id}", expand=False)
-        for col in ("node", "type", "pid", "status", "memory", "in", "out", "input age p50"):
-            t.add_column(col)
-        for node, row in timeline.rows.items():
-            stats = row.get("stats") or {}
-            lat = (stats.get("input_age_s") or {}).get("p50")
-            t.add_row(node, row["type"], str(row.get("pid", "")), row.get("status", ""),
-                      _mib(row.get("memory")), str(stats.get("received", 0)),
-                      str(stats.get("sent", 0)), f"{lat * 1e3:.1f} ms" if lat else "-")
-        return t
-
+    view = LiveView(session.id)
     console = Console(stderr=False)
-    with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
+    with Live(view.render(), console=console, refresh_per_second=4, transient=False) as live:
         for event in session.events():
             timeline.add(event)
+            view.add(event)
             line = format_event(event) if event["event"] == "log" else sandbox_warning(event)
             if line:
-                live.console.print(line)
-            live.update(table())
+                live.console.print(line, markup=False, highlight=False)
+            if event["event"] in ("status", "progress", "stats"):
+                live.update(view.render())
             yield event
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while ``nodehost run`` runs.
+
+    Installed before anything else. A signal never raises into the main thread (which may
+    be anywhere, e.g. between starting a session and registering it): it cancels the host
+    (or, during plugin discovery, the host about to exist). The session stops, nodes get
+    the pipeline's ``stop_grace_s`` to run ``cleanup()``, and a second signal kills them at
+    once. The command exits 128 + the signal number with one line on stderr.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.host: Host | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        first = self.received is None
+        if first:
+            self.received = signal.Signals(signum)
+        if self.host is not None:
+            self.host.cancel(self.reason, graceful=first)
+
+    def attach(self, host: Host) -> None:
+        self.host = host
+        if self.received is not None:  # arrived while the host was being made
+            host.cancel(self.reason)
+
+    @property
+    def what(self) -> str:
+        return "terminated" if self.received == signal.SIGTERM else "interrupted"
+
+    @property
+    def reason(self) -> str:
+        return f"{self.what} ({self.received.name if self.received else 'no signal'})"
+
+    def exit(self, session: Session | None) -> int:
+        """Say what happened, in one line, and return the exit code."""
+        assert self.received is not None
+        done = f"session {session.id} stopped, every node process reaped" if session \
+            else "stopped before the session started"
+        print(f"{self.reason}: {done}", file=sys.stderr)
+        return 128 + self.received.value
 
 
 def _drop_outputs(session: Session) -> None:
@@ -143,48 +295,53 @@ def _drop_outputs(session: Session) -> None:
             data.release()
 
 
-def run_pipeline(config: str | Path, events: str | None = None) -> int:
+def run_pipeline(config: str | Path, events: str | None = None,
+                 log_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
-    host = Host()
-    pipeline = host.validate(config)
-    if pipeline.inputs:
-        raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) are "
-                                          "fed by an application: embed the pipeline "
-                                          "(Session.send) or serve it; `nodehost run` has "
-                                          "nothing to feed them with"), source=str(config))
-    session = host.start_session(pipeline.config)
-    if pipeline.outputs:  # nobody here reads them: take and drop, so the nodes can finish
-        threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
     timeline = Timeline()
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    session: Session | None = None
+    with StopSignals() as signals:
+        try:
+            from nodehost.session import Host
 
-    # Ctrl-C and `kill` (SIGTERM) both mean: stop the nodes in order, reap them, exit.
-    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    started = time.monotonic()
-    result: SessionResult | None = None
-    try:
-        stream = _live(session, timeline) if mode == "live" else session.events()
-        for event in stream:
-            if mode == "json":
-                print(json.dumps(event), flush=True)
-                continue
-            if mode in ("log", "quiet"):
-                timeline.add(event)
-                line = format_event(event) if mode == "log" else quiet_line(event)
-                if line:
-                    print(line, flush=True)
-        result = session.wait()
-    except KeyboardInterrupt:
-        result = session.stop("interrupted (Ctrl-C)")
-        print("interrupted: session stopped, every node process reaped", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if result is None:
-            session.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            host = Host(log_dir=log_dir)
+            signals.attach(host)
+            target: str | Path | PipelineConfig = config
+            if overrides:  # `--set node.param=value`
+                from nodehost.config import apply_overrides, load_config
+
+                try:
+                    target = apply_overrides(load_config(config), overrides,
+                                             host.registry.node_types)
+                except ConfigError as exc:
+                    raise ConfigError(exc.issues, source=str(config)) from exc
+            pipeline = host.validate(target)
+            if pipeline.inputs:
+                raise ConfigError(Issue("inputs", f"session inputs ({', '.join(pipeline.inputs)}) "
+                                                  "are fed by an application: embed the pipeline "
+                                                  "(Session.send) or serve it; `nodehost run` has "
+                                                  "nothing to feed them with"), source=str(config))
+            session = host.start_session(pipeline.config)
+            if pipeline.outputs:  # nobody here reads them: take and drop, so nodes can finish
+                threading.Thread(target=_drop_outputs, args=(session,), daemon=True).start()
+            started = time.monotonic()
+            stream = _live(session, timeline) if mode == "live" else session.events()
+            for event in stream:
+                if mode == "json":
+                    print(json.dumps(event), flush=True)
+                    continue
+                if mode in ("log", "quiet"):
+                    timeline.add(event)
+                    line = format_event(event) if mode == "log" else quiet_line(event)
+                    if line:
+                        print(line, flush=True)
+            result = session.wait()
+        except HostClosed:  # a signal closed the host before the session was started
+            if signals.received is None:
+                raise
+        if signals.received is not None:
+            return signals.exit(session)
+    assert session is not None
     if mode != "json":
         print()
         print("\n".join(timeline.summary()))

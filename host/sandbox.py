@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import nodehost
-from nodehost.errors import NodehostError
+from nodehost.errors import SandboxError as SandboxError
+from nodehost.protocol import ExitCode
 
 __all__ = [
     "EXIT_MEMORY_LIMIT",
@@ -36,8 +37,10 @@ __all__ = [
     "SandboxError",
     "SandboxPlan",
     "apply",
+    "denied_path",
     "ensure_parent",
     "is_allocation_failure",
+    "may_access",
     "memory_limit_hit",
     "node_env_problem",
     "preexec",
@@ -46,21 +49,15 @@ __all__ = [
     "scrubbed_env",
 ]
 
-EXIT_MEMORY_LIMIT = 75
-"""Exit code the runner uses when a ``MemoryError`` escapes node code (memory limit hit)."""
-
-EXIT_PARENT_GONE = 76
-"""Exit code of a node whose host died before the parent-death signal was armed."""
+# The runner's exit codes live in nodehost.protocol; these two are the sandbox's part.
+EXIT_MEMORY_LIMIT = ExitCode.MEMORY_LIMIT
+EXIT_PARENT_GONE = ExitCode.PARENT_GONE
 
 DEFAULT_MAX_FILE_SIZE_MB = 4096
 DEFAULT_MAX_OPEN_FILES = 4096
 
 # Where iceoryx2 keeps its shared memory and its node/service records (read, write, create).
 ICEORYX2_PATHS = ("/dev/shm", "/tmp/iceoryx2")
-
-
-class SandboxError(NodehostError):
-    """A sandbox plan that cannot be enforced as written (a misconfiguration, not a kernel gap)."""
 
 
 @dataclass(frozen=True)
@@ -453,11 +450,13 @@ def _lower_rlimit(which: int, value: int) -> None:
 
 
 # How native libraries word a failed allocation (mkl_malloc, std::bad_alloc, onnxruntime's
-# "Failed to allocate memory", glibc's strerror(ENOMEM), torch's "DefaultCPUAllocator: not
-# enough memory"): under RLIMIT_DATA they are the limit speaking, whatever the wording.
+# "Failed to allocate memory", glibc's strerror(ENOMEM), torch's "not enough memory", Rust's
+# "memory allocation of N bytes failed" before it aborts): under RLIMIT_DATA they are the
+# limit speaking, whatever the wording.
 _ALLOCATION_FAILURE = re.compile(
     r"MemoryError|bad_alloc|mkl_malloc|fail(?:ed)? to allocate|cannot allocate memory|"
-    r"out of memory|not enough memory|ENOMEM|allocation failed", re.IGNORECASE)
+    r"out of memory|not enough memory|ENOMEM|allocation failed|"
+    r"memory allocation of \d+ bytes failed", re.IGNORECASE)
 NEAR_LIMIT = 0.95  # any failure with private memory this close to the limit counts as hitting it
 
 
@@ -530,6 +529,48 @@ def _drop_capabilities() -> bool:
     except OSError:
         return False
     return True
+
+
+def may_access(path: str, plan: SandboxPlan, *, write: bool = False) -> bool:
+    """Whether a node under ``plan`` may read (or write) ``path``, as its Landlock ruleset will
+    see it: beneath a granted path, symlinks resolved. Used by the host to check a config
+    before anything starts; computed with the host's Python paths (the node's own
+    environment, when it has one, differs only in what it may read and execute)."""
+    wanted = FS_WRITE_FILE if write else FS_READ_FILE
+    real = os.path.realpath(path)
+    for root, rights in _landlock_paths(plan):
+        if rights & wanted and _beneath(real, os.path.realpath(root)):
+            return True
+    return False
+
+
+_QUOTED_PATH = re.compile(r"""['"](/[^'"]+)['"]""")
+
+
+def denied_path(error: BaseException, plan: SandboxPlan) -> tuple[str, str] | None:
+    """``(path, grant)`` when ``error`` is this sandbox refusing a path: the path, and the
+    grant that would allow it (``fs_write``, or ``fs_read or fs_write`` when the path may not
+    even be read); else None.
+
+    An errno EACCES/EPERM with a file name anywhere in the chain, or — for libraries that
+    keep no errno, like libsndfile's "Error opening '/x.wav': System error." — a quoted
+    absolute path in the message, counts when the sandbox does not grant that path.
+    """
+    for exc in _exception_chain(error):
+        candidates: list[str] = []
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+            candidates += [str(f) for f in (exc.filename, exc.filename2) if f]
+        candidates += _QUOTED_PATH.findall(str(exc))
+        for path in candidates:
+            if may_access(path, plan, write=True):
+                continue
+            # An error rarely says whether the file was opened to read or to write.
+            return path, "fs_write" if may_access(path, plan) else "fs_read or fs_write"
+    return None
+
+
+def _beneath(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _landlock_paths(plan: SandboxPlan) -> list[tuple[str, int]]:

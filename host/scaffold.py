@@ -21,14 +21,10 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from nodehost.errors import NodehostError
+from nodehost.errors import ScaffoldError as ScaffoldError
 
 TEMPLATE = "templates/plugin"
 SUFFIX = ".tmpl"
-
-
-class ScaffoldError(NodehostError):
-    """The name or the target folder cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ transport is only an input and an output of the session (as in pipecat): binary 
 ``Session.asend``, ``Session.aoutputs`` goes back as binary frames, session events go out as
 JSON. The protocol is in ``docs/serve.md``; its frame layout in ``nodehost.serve_protocol``.
 
+Blocking calls (starting and stopping sessions, an end of stream waiting for room) run in
+threads of their own (``off_loop``), never in the loop's few default workers, which sessions
+that wait on one another could all hold.
+
 Memory stays bounded whatever a client does: a frame is at most ``max_frame_bytes``; the
 server reads the next frame only after the session took the previous one (``asend`` blocks
 under backpressure, and TCP carries that back to the client); an output is sent only after
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import ipaddress
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -40,12 +46,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from nodehost import serve_protocol as proto
 from nodehost.config import ValidatedPipeline
 from nodehost.data import monotonic_stamp
+from nodehost.endpoints import off_loop
 from nodehost.errors import NodehostError, SessionEnded, WireFormatError
+from nodehost.errors import ServeUsageError as ServeUsageError
 from nodehost.lifecycle import ProcessStatus
 from nodehost.session import Host, Session, SessionResult
 
@@ -57,10 +65,9 @@ EVENT_QUEUE = 256                     # events waiting for one slow client, befo
 DROPPABLE = frozenset({"stats", "progress", "log"})
 LIVE = frozenset({ProcessStatus.READY.value, ProcessStatus.PROCESSING.value})
 REFILL_BACKOFF_S = (1.0, 30.0)        # a warm session that fails to start: retry after 1..30 s
-
-
-class ServeUsageError(NodehostError):
-    """Options ``nodehost serve`` refuses to start with."""
+# A refill loads models while clients talk to their sessions: at this nice value it takes
+# the CPU only when theirs do not need it (back to 0 when the session is lent).
+WARMING_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class Lease:
     event_waiter: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
     attached: bool = False
-    warm: bool = False  # came from the pool, Ready before its client connected
+    warm: bool = False  # lent from the pool, Ready before its client connected
     _pump: threading.Thread | None = None
 
     def start_pump(self) -> None:
@@ -157,18 +164,41 @@ class Lease:
     def attach(self) -> None:
         """A client takes this session: it first gets every node's latest status."""
         self.attached = True
-        self.warm = self.ready.is_set() and self.usable
         self.events.extend(self.statuses.values())
         self.event_waiter.set()
+
+    def renice(self, nice: int) -> None:
+        """Set the CPU priority of every thread of the session's node processes (on Linux,
+        nice is per thread: the threads a node already started need it too). Best effort:
+        raising it back needs CAP_SYS_NICE, without which a warm session keeps running niced."""
+        for process in self.session.processes().values():
+            try:
+                tids = os.listdir(f"/proc/{process.pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                except ProcessLookupError:
+                    continue
+                except PermissionError:
+                    log.debug("session %s stays at its lower CPU priority: no permission to "
+                              "raise it", self.session.id)
+                    return
 
     @property
     def usable(self) -> bool:
         return not self.ended.is_set() and self.session.result is None
 
     async def stop(self, reason: str) -> SessionResult:
-        result = await asyncio.to_thread(self.session.stop, reason)
+        result = await off_loop(self.session.stop, reason)
         if self._pump is not None:
-            await asyncio.to_thread(self._pump.join)
+            await off_loop(self._pump.join)
+        # A send that was blocked when its client left ends in an exception whose traceback
+        # (a reference cycle) still holds the session's iceoryx2 ports, and with them the
+        # host's iceoryx2 node of that session: collect it now, not at some later GC pass,
+        # so a long-running server leaves nothing behind per session.
+        gc.collect()
         return result
 
 
@@ -204,7 +234,7 @@ class SessionPool:
     async def _new_lease(self) -> Lease:
         self._starting += 1
         try:
-            session = await asyncio.to_thread(self.host.start_session, self.pipeline.config)
+            session = await off_loop(self.host.start_session, self.pipeline.config)
         finally:
             self._starting -= 1
         lease = Lease(session, asyncio.get_running_loop())
@@ -229,6 +259,7 @@ class SessionPool:
                 if self._closed:
                     await lease.stop("server shutting down")
                     return
+                lease.renice(WARMING_NICE)
                 self.idle.append(lease)
                 await lease.ready.wait()
                 if not lease.usable:
@@ -260,6 +291,8 @@ class SessionPool:
             ready = [lease for lease in self.idle if lease.ready.is_set()]
             lease = (ready or self.idle)[0]
             self.idle.remove(lease)
+            lease.warm = lease.ready.is_set()
+            lease.renice(0)
             self.lent.add(lease)
             self._wake_filler.set()
             return lease
@@ -339,8 +372,8 @@ class Connection:
             elif isinstance(exc, ProtocolError):
                 await self._close_with_error(str(exc), exc.code)
                 reason = f"protocol error: {exc}"
-            elif isinstance(exc, WebSocketDisconnect | OSError):
-                reason = "client disconnected"
+            elif isinstance(exc, WebSocketDisconnect | OSError) or self._client_gone():
+                reason = "client disconnected"  # e.g. a send that raced the client's leaving
             else:
                 raise exc
         finally:
@@ -348,6 +381,9 @@ class Connection:
                 task.cancel()
             await asyncio.gather(events, *workers, return_exceptions=True)
         return reason
+
+    def _client_gone(self) -> bool:
+        return WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state)
 
     async def _close_with_error(self, message: str, code: int) -> None:
         with contextlib.suppress(Exception):
@@ -427,7 +463,7 @@ class Connection:
 
     async def _close_input(self, name: str) -> None:
         try:  # in a thread: the end of stream waits for room in the channel like data does
-            await asyncio.to_thread(self.session.close_input, name)
+            await off_loop(self.session.close_input, name)
         except SessionEnded:
             await asyncio.Event().wait()
 
@@ -461,8 +497,9 @@ class Connection:
                     frame = proto.encode(name, data, self._seq)
                     data.release()
                     await self.send_bytes(frame)
-        result = await asyncio.to_thread(self.session.wait)
         await self.lease.ended.wait()  # every event before session_end is queued by now
+        result = self.session.result
+        assert result is not None  # set before the session_end event
         while self.lease.events:
             await self.send_json(self.lease.events.popleft())
         await self.send_json({"event": proto.SESSION_END, "session": self.session.id,
@@ -585,8 +622,6 @@ def serve(config: str | Path, options: ServeOptions) -> int:
 
 def main_serve(args: Any) -> int:
     """The ``nodehost serve`` subcommand (``cli.cmd_serve``)."""
-    import os
-
     options = ServeOptions(host=args.host, port=args.port, warm=args.warm,
                            max_sessions=args.max_sessions,
                            token=args.token or os.environ.get("NODEHOST_SERVE_TOKEN") or None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from nodehost import wire
 from nodehost.data import RuntimeData
-from nodehost.errors import NodehostError
+from nodehost.errors import FrameError as FrameError
 
 ALIGN = 8
 MAX_NAME = 255
@@ -43,10 +43,6 @@ CLOSE_POLICY = 1008         # e.g. data for an unknown input
 CLOSE_TOO_BIG = 1009        # a frame over the server's size limit
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013      # refused: too many sessions
-
-
-class FrameError(NodehostError, ValueError):
-    """A binary frame that does not follow the layout above."""
 
 
 def prefix(name: str) -> bytes:

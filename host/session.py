@@ -11,6 +11,7 @@ signal is tied to it, and it lives until every child is reaped.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import logging
@@ -25,19 +26,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from nodehost import control, stats
+from nodehost import protocol, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
 from nodehost.endpoints import SessionIO, open_ends
-from nodehost.errors import IllegalTransition, SessionError
+from nodehost.errors import HostClosed, IllegalTransition, SessionError
 from nodehost.lifecycle import (
     NodeProcess,
     ProcessChannelBinding,
@@ -46,16 +48,20 @@ from nodehost.lifecycle import (
     SessionProcessMap,
     SharedMemoryChannel,
 )
+from nodehost.nodelog import NodeOutput
 from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
+from nodehost.protocol import Cause, ExitCode, Kind, Stage
 
 log = logging.getLogger("nodehost.session")
 
 HEARTBEAT_S = 2.0  # a node still initializing is reported at least this often
-STOP_GRACE_S = 0.1  # after a stop request, wait this long before SIGTERM
-KILL_GRACE_S = 1.0  # ... and this long before SIGKILL
-STDERR_TAIL = 8192
+FAIL_GRACE_S = 0.1  # after a failure, nodes get this long to exit before SIGTERM
+KILL_GRACE_S = 1.0  # ... and this long after SIGTERM before SIGKILL
+# (a stop the user asked for waits the pipeline's stop_grace_s instead of FAIL_GRACE_S)
+OUTPUT_TAIL_LINES = 10  # a crash report quotes this many of the node's last output lines
 
 S = ProcessStatus
+NODE_STAGES = frozenset(stage for stage in Stage if stage.in_node_code)
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class _Child:
     sock: socket.socket
     pidfd: int
     tmp_dir: str
-    stderr_tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=64))
+    output: NodeOutput
     done: bool = False
     error: str | None = None
     error_kind: str | None = None
@@ -107,12 +113,25 @@ def _kill_group(child: _Child) -> None:
         os.killpg(child.popen.pid, signal.SIGKILL)
 
 
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+_HOST_ONLY = object()  # Session's constructor is Host's: a session always has its owner
+
+
 class Session(SessionIO):
-    """A running pipeline. Made by ``Host.start_session``; owns its node processes (and,
-    through ``SessionIO``, the host's ends of its session inputs and outputs)."""
+    """A running pipeline that owns its node processes (and, through ``SessionIO``, the
+    host's ends of its session inputs and outputs). Made only by ``Host.start_session``,
+    which registers it with the host before its supervisor starts."""
 
     def __init__(self, host: Host, pipeline: ValidatedPipeline, *,
-                 python: str | None = None, session_id: str | None = None) -> None:
+                 python: str | None = None, session_id: str | None = None,
+                 _owner: object = None) -> None:
+        if _owner is not _HOST_ONLY:
+            raise TypeError("a Session is made by Host.start_session(config), which owns it")
         self.host = host
         self.pipeline = pipeline
         self.name = pipeline.config.name
@@ -138,17 +157,29 @@ class Session(SessionIO):
         self._finished = threading.Event()
         self._spawned = threading.Event()
         self._spawn_error: BaseException | None = None
+        # The wake-up pipe lives as long as this object, not the supervisor: cancel() may
+        # write to it at any moment (from a signal handler), never to a reused fd number.
         self._wake_r, self._wake_w = os.pipe()
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._stop_requested: str | None = None
+        self._kill_requested = False
         self._failure: tuple[str, str, str] | None = None  # node, type, reason
         self._thread = threading.Thread(target=self._supervise, name=f"nodehost-{self.id}",
                                         daemon=True)
+
+    def _start(self) -> None:
+        """Start the supervisor; return once every node process is spawned. Host only."""
         self._thread.start()
-        self._spawned.wait()
+        try:
+            self._spawned.wait()
+        except BaseException:  # e.g. Ctrl-C in an embedding program: nothing may outlive it
+            self.cancel("interrupted while starting", graceful=False)
+            self._thread.join()
+            raise
         if self._spawn_error is not None:
             self._thread.join()
-            self._io_ended(SessionResult(False, str(self._spawn_error)), failed=True)
-            raise SessionError(f"session {self.id} could not start: {self._spawn_error}")
+            raise SessionError(f"session {self.id} could not start: {self._spawn_error}"
+                               ) from self._spawn_error
 
     # -- public API ----------------------------------------------------------------------
     def status(self) -> dict[str, ProcessStatus]:
@@ -193,11 +224,23 @@ class Session(SessionIO):
 
     def stop(self, reason: str = "stopped by request", timeout: float | None = None
              ) -> SessionResult:
-        if not self._finished.is_set():
-            self._stop_requested = reason
-            with contextlib.suppress(OSError):
-                os.write(self._wake_w, b"x")
+        """Stop the session and wait for its end: nodes get the pipeline's ``stop_grace_s``
+        to run ``cleanup()``, then they are terminated."""
+        self.cancel(reason)
         return self.wait(timeout)
+
+    def cancel(self, reason: str = "stopped by request", *, graceful: bool = True) -> None:
+        """Ask the session to stop and return at once. Safe in a signal handler (no lock).
+        ``graceful=False`` (or a second call) kills the nodes now instead of waiting
+        ``stop_grace_s`` for their ``cleanup()``; the session still reaps and releases all."""
+        if self._finished.is_set():
+            return
+        if self._stop_requested is None:
+            self._stop_requested = reason
+        if not graceful:
+            self._kill_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def __enter__(self) -> Session:
         return self
@@ -289,18 +332,29 @@ class Session(SessionIO):
         try:
             return env_for_node_type(node_type, progress) or self.python
         except EnvError as exc:
-            raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from None
+            raise SessionError(f"node {launch.node_id!r} ({launch.node_type}): {exc}") from exc
 
     def _spawn_all(self) -> None:
-        pythons = {launch.node_id: self._interpreter(launch) for launch in self.launches}
+        pythons: dict[str, str] = {}
         for launch in self.launches:
-            tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
-            launch.tmp_dir = tmp_dir
-            launch.host_pid = os.getpid()
-            host_end, node_end = control.pair()
+            if self._stop_requested is not None:
+                return
+            pythons[launch.node_id] = self._interpreter(launch)
+        for launch in self.launches:
+            if self._stop_requested is not None:
+                return  # stopped while starting: the loop tears down what was spawned
+            self._spawn(launch, pythons[launch.node_id])
+
+    def _spawn(self, launch: NodeLaunch, python: str) -> None:
+        """Start one node process and take ownership of it (and its temp dir) at once:
+        whatever fails after this point, the supervisor reaps and removes what exists."""
+        tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
+        launch.tmp_dir = tmp_dir
+        launch.host_pid = os.getpid()
+        host_end, node_end = protocol.pair()
+        try:
             popen = subprocess.Popen(
-                [pythons[launch.node_id], "-m", "nodehost.runner", "--control-fd",
-                 str(node_end.fileno())],
+                [python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
                 pass_fds=[node_end.fileno()],
                 env=self.host.node_env(tmp_dir, launch.env),
                 stdin=subprocess.DEVNULL,
@@ -311,32 +365,51 @@ class Session(SessionIO):
                 # then stops the nodes in order instead of every node dying mid-message.
                 process_group=0,
             )
+        except BaseException:
+            host_end.close()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        finally:
             node_end.close()
-            control.send(host_end, "launch", spec=launch.to_json())
-            process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
-                                  session_id=self.id,
-                                  input_channels=[p.channel for p in launch.inputs],
-                                  output_channels=[p.channel for p in launch.outputs])
-            child = _Child(launch, process, popen, host_end, os.pidfd_open(popen.pid), tmp_dir)
-            with self._lock:
-                self._map.add_process(process)
-                self._children[launch.node_id] = child
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            if popen.stdout is not None:
+                popen.stdout.close()
+            host_end.close()
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
+                              session_id=self.id,
+                              input_channels=[p.channel for p in launch.inputs],
+                              output_channels=[p.channel for p in launch.outputs])
+        child = _Child(launch, process, popen, host_end, pidfd, tmp_dir,
+                       NodeOutput(launch.node_id, self.host.log_dir))
+        with self._lock:
+            self._map.add_process(process)
+            self._children[launch.node_id] = child
+        protocol.send(host_end, Kind.LAUNCH, spec=launch.to_json())
 
     def _supervise(self) -> None:
+        # A terminal's Ctrl-C goes to the host's process group, and a node is in it from
+        # fork until it moves to its own group: blocked here, the signal stays blocked
+        # (pending) through exec, and the runner discards it. Python handles signals in
+        # the main thread anyway.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self._spawn_all()
         except BaseException as exc:
             self._spawn_error = exc
-            self._kill_all()
-            self._reap_all()
-            self._release()
-            self._spawned.set()
-            return
         self._spawned.set()
-        for child in self._children.values():
-            child.process.memory_usage = self._memory(child)
-            self._status_event(child)
         try:
+            if self._spawn_error is not None:
+                self._kill_all()
+                return
+            for child in self._children.values():
+                child.process.memory_usage = self._memory(child)
+                self._status_event(child)
             self._loop()
         except BaseException as exc:
             log.exception("supervisor failed")
@@ -359,7 +432,7 @@ class Session(SessionIO):
         init_deadline = time.monotonic() + self.pipeline.config.init_timeout_s
         started = False
         stop_deadline: float | None = None
-        killed = False
+        killed = killed_hard = False
         next_stats = time.monotonic() + self.host.stats_interval_s
         while any(not c.exited for c in self._children.values()):
             now = time.monotonic()
@@ -371,6 +444,8 @@ class Session(SessionIO):
             deadlines += [c.last_report + HEARTBEAT_S for c in initializing]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             for key, _ in sel.select(timeout):
+                if sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier event of this batch (its exit)
                 kind, child = key.data
                 if kind == "wake":
                     os.read(self._wake_r, 64)
@@ -393,7 +468,7 @@ class Session(SessionIO):
                 if all(c.process.status == S.READY for c in self._children.values()):
                     started = True
                     for child in self._children.values():
-                        control.send(child.sock, "start")
+                        protocol.send(child.sock, Kind.START)
                     self._io_started()
                 elif now >= init_deadline:
                     pending = [c for c in self._children.values()
@@ -404,12 +479,21 @@ class Session(SessionIO):
                                 pending[0])
                     self._fail(late, f"did not become Ready within init_timeout_s="
                                      f"{self.pipeline.config.init_timeout_s:g} s", "timeout")
+            if self._kill_requested and not killed_hard:
+                self._kill_all()  # asked to stop without grace (e.g. a second Ctrl-C)
+                killed_hard = killed = True
+                stop_deadline = now + KILL_GRACE_S
             if (self._failure is not None or self._stop_requested is not None) \
                     and stop_deadline is None:
                 self._request_stop()
-                stop_deadline = now + STOP_GRACE_S
+                # A stop the user asked for lets nodes finish cleanup(); a failure does not wait.
+                grace = self.pipeline.config.stop_grace_s if self._failure is None \
+                    else FAIL_GRACE_S
+                stop_deadline = now + grace
             elif stop_deadline is not None and now >= stop_deadline:
                 if not killed:
+                    if self._failure is None:
+                        self._overran_grace()
                     self._signal_all(signal.SIGTERM)
                     killed = True
                     stop_deadline = now + KILL_GRACE_S
@@ -419,37 +503,42 @@ class Session(SessionIO):
         sel.close()
 
     def _on_control(self, sel: selectors.BaseSelector, child: _Child) -> None:
-        message = control.receive(child.sock)
+        message = protocol.receive(child.sock)
         if message is None:
             sel.unregister(child.sock)
             return
         kind = message["t"]
-        if kind == "status":
+        if kind == Kind.STATUS:
             if message.get("sandbox") is not None:
                 child.sandbox = list(message["sandbox"])
             try:
                 self._set_status(child, S(message["status"]))
             except ValueError:
                 log.warning("%s sent unknown status %r", child.label, message.get("status"))
-        elif kind == "progress":
+        elif kind == Kind.PROGRESS:
             self._emit("progress", node=child.launch.node_id, node_type=child.launch.node_type,
                        fraction=message.get("fraction"), message=message.get("message", ""))
             child.last_report = time.monotonic()
-        elif kind == "stats":
+        elif kind == Kind.STATS:
             with self._lock:
                 stats.apply_report(self._map, child.launch.node_id, message)
-        elif kind == "done":
+        elif kind == Kind.DONE:
             child.done = True
-        elif kind == "error":
+        elif kind == Kind.ERROR:
             child.error = str(message.get("error", "unknown error"))
             child.error_kind = message.get("cause")
             stage = message.get("stage", "")
-            where = f" in {stage}()" if stage in ("initialize", "process", "generate") else \
+            where = f" in {stage}()" if stage in NODE_STAGES else \
                 f" during {stage}" if stage else ""
             memory = None
-            if child.error_kind == "memory":
+            if child.error_kind == Cause.MEMORY:
                 reason = self._memory_reason(child, where, child.error)
                 memory = message.get("memory_used")
+            elif child.error_kind == Cause.SANDBOX:
+                index = self.pipeline.nodes[child.launch.node_id].index
+                reason = (f"was denied {message.get('path')} by its sandbox{where}; add its "
+                          f"folder to nodes[{index}].sandbox.{message.get('grant')}; the "
+                          f"error: {child.error}")
             else:
                 reason = f"failed{where}: {child.error}"
             tb = message.get("traceback")
@@ -457,7 +546,8 @@ class Session(SessionIO):
                 log.info("%s traceback:\n%s", child.label, tb)
             self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
-        elif kind == "log":
+        elif kind == Kind.LOG:
+            child.output.record(message.get("level", "INFO"), message.get("message", ""))
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level=message.get("level", "INFO"), message=message.get("message", ""))
 
@@ -469,6 +559,8 @@ class Session(SessionIO):
         return f"{reason}; the error: {detail}" if detail else reason
 
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
+        """A node's stdout/stderr: always read (a full pipe would block the node), lines
+        kept for crash reports and --log-dir, emitted as ``log`` events within a budget."""
         assert child.popen.stdout is not None
         try:
             chunk = os.read(child.popen.stdout.fileno(), 65536)
@@ -478,14 +570,12 @@ class Session(SessionIO):
             chunk = b""
         if not chunk:
             sel.unregister(child.popen.stdout)
-            return
-        child.stderr_tail.append(chunk)
-        for line in chunk.decode(errors="replace").splitlines():
-            log.debug("[%s] %s", child.launch.node_id, line)
+        for line in child.output.feed(chunk):
+            self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                       level="OUTPUT", message=line)
 
-    def _output_tail(self, child: _Child) -> str:
-        text = b"".join(child.stderr_tail)[-STDERR_TAIL:].decode(errors="replace").strip()
-        return text.splitlines()[-1] if text else ""
+    def _output_tail(self, child: _Child, lines: int = OUTPUT_TAIL_LINES) -> str:
+        return "\n".join(child.output.last_lines(lines))
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
@@ -508,24 +598,34 @@ class Session(SessionIO):
         if child.done and returncode == 0:
             self._set_status(child, S.STOPPING)
         elif child.error is None and not (stopping and child.process.status == S.STOPPING):
-            from nodehost.sandbox import EXIT_MEMORY_LIMIT, is_allocation_failure
+            from nodehost.sandbox import is_allocation_failure
 
             tail = self._output_tail(child)
+            memory = None
+            allocation = next((line for line in self._output_tail(child, lines=8).splitlines()
+                               if is_allocation_failure(line)), None)
             if child.launch.memory_mb is not None and (
-                    returncode == EXIT_MEMORY_LIMIT
-                    or (returncode != 0 and is_allocation_failure(tail))):
-                # e.g. an uncaught std::bad_alloc: abort() after printing what it was
-                detail = f"it {describe_exit(returncode)}" + (f": {tail[-200:]}" if tail else "")
-                cause, kind = self._memory_reason(child, "", detail), "memory"
+                    returncode == ExitCode.MEMORY_LIMIT or (returncode != 0 and allocation)):
+                # e.g. a native library aborting on a failed allocation (Rust's "memory
+                # allocation of N bytes failed", an uncaught std::bad_alloc): the kernel
+                # refused to go past the limit, so that is where the node was.
+                where = {S.INITIALIZING: " in initialize()",
+                         S.PROCESSING: " in process()" if child.launch.inputs
+                         else " in generate()"}.get(child.process.status, "")
+                detail = f"it {describe_exit(returncode)}" + \
+                    (f": {(allocation or tail)[-200:]}" if allocation or tail else "")
+                cause, kind = self._memory_reason(child, where, detail), str(Cause.MEMORY)
+                memory = child.launch.memory_mb << 20
             elif returncode == 0:
                 cause, kind = "exited before its stream ended", "exit"
             else:
                 cause = describe_exit(returncode)
                 kind = "signal" if returncode < 0 else "exit"
                 if tail:
-                    cause += f" (last output: {tail[-200:]})"
+                    cause += "; its last output:\n" + "\n".join(
+                        f"    | {line}" for line in tail.splitlines())
             if not stopping or self._failure is None:
-                self._set_status(child, S.ERROR, error=cause)
+                self._set_status(child, S.ERROR, error=cause, memory=memory)
                 self._fail(child, cause, kind)
         if child.process.status != S.STOPPING:
             self._set_status(child, S.STOPPING)
@@ -546,9 +646,23 @@ class Session(SessionIO):
         for child in self._children.values():
             if child.exited:
                 continue
+            # A node still starting or inside initialize() reads its socket only once it is
+            # Ready: SIGTERM interrupts it (the runner then runs cleanup() and exits).
+            deaf = child.process.status in (S.IDLE, S.INITIALIZING)
             if child.process.status.is_live:
                 self._set_status(child, S.STOPPING)
-            control.send(child.sock, "stop")
+            protocol.send(child.sock, Kind.STOP)
+            if deaf:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
+
+    def _overran_grace(self) -> None:
+        grace = self.pipeline.config.stop_grace_s
+        for child in self._children.values():
+            if not child.exited:
+                self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
+                           level="WARNING", message=f"still running stop_grace_s={grace:g} s "
+                                                    "after stop: terminated")
 
     def _signal_all(self, sig: signal.Signals) -> None:
         for child in self._children.values():
@@ -574,13 +688,11 @@ class Session(SessionIO):
 
     def _release(self) -> None:
         for child in self._children.values():
+            child.output.close()
             child.sock.close()
             if child.popen.stdout is not None:
                 child.popen.stdout.close()
             shutil.rmtree(child.tmp_dir, ignore_errors=True)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
         # A killed node leaves its shared memory behind, and so can nodes that exit at the
         # same moment (each sees the other still attached): clean up after every session.
         from nodehost.channels import cleanup_dead_nodes
@@ -606,22 +718,39 @@ class Session(SessionIO):
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    duration_s=round(duration, 6))
         self.host._forget(self)
+        _LIVE_SESSIONS.discard(self)
         self._finished.set()
 
 
+class HostState(Enum):
+    OPEN = "open"        # start_session() works
+    CLOSING = "closing"  # cancel() or close() was called: no new sessions, the others stop
+    CLOSED = "closed"    # close() returned: every session has ended
+
+
 class Host:
-    """Discovers plugins and runs sessions. Several sessions may run at once."""
+    """Discovers plugins and runs sessions. Several sessions may run at once.
+
+    The host owns its sessions as a trio nursery owns its tasks: only ``start_session``
+    makes one, registers it before its supervisor starts, and ``close()`` (or leaving the
+    ``with`` block) stops every session and refuses new ones.
+    """
 
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
                  on_event: Any = None, env_allow: Mapping[str, str] | None = None,
-                 stats_interval_s: float = stats.STATS_INTERVAL_S) -> None:
+                 stats_interval_s: float = stats.STATS_INTERVAL_S,
+                 log_dir: str | Path | None = None) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
         # how often runners report and sessions emit ``stats`` events
         self.stats_interval_s = stats_interval_s
+        # every node's output lines and log records, one file per node (``--log-dir``)
+        self.log_dir = Path(log_dir) if log_dir is not None else None
         self._extra_env = dict(env_allow or {})
         self._sessions: list[Session] = []
         self._lock = threading.Lock()
+        self.state = HostState.OPEN
+        self._cancel_reason = "host closed"
         from nodehost.channels import cleanup_dead_nodes
 
         cleanup_dead_nodes()  # reclaim what a killed host left in /dev/shm
@@ -632,6 +761,9 @@ class Host:
 
     def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
                       ) -> Session:
+        """Validate ``config``, start its session and return it once every node process is
+        spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
+        self._check_open()
         parsed = load_config(config)
         session: Session
         from nodehost import remote
@@ -639,10 +771,20 @@ class Host:
         if remote.placed(parsed):  # nodes on other machines: see nodehost.remote
             session = remote.DistributedSession(self, parsed)
         else:
-            session = Session(self, validate_pipeline(parsed, self.registry.node_types))
+            session = Session(self, validate_pipeline(parsed, self.registry.node_types),
+                              _owner=_HOST_ONLY)
         with self._lock:
-            if not session._finished.is_set():
-                self._sessions.append(session)
+            closed = self.state is not HostState.OPEN
+            if not closed:
+                self._sessions.append(session)  # before it runs: its end always finds it here
+        if closed:  # closed while the session was being built: end it before it spawns
+            session.cancel(self._cancel_reason)
+            session._start()
+            raise HostClosed("Host is closed; no new sessions")
+        _LIVE_SESSIONS.add(session)
+        if self.state is not HostState.OPEN:  # cancel() ran (a signal) while we registered
+            session.cancel(self._cancel_reason)
+        session._start()
         return session
 
     def run(self, config: str | Path | Mapping[str, Any] | PipelineConfig,
@@ -663,14 +805,31 @@ class Host:
 
         return scrubbed_env(self._extra_env, tmp_dir=tmp_dir, node_env=node_env)
 
+    def _check_open(self) -> None:
+        if self.state is not HostState.OPEN:
+            raise HostClosed("Host is closed; no new sessions")
+
     def _forget(self, session: Session) -> None:
         with self._lock:
             if session in self._sessions:
                 self._sessions.remove(session)
 
+    def cancel(self, reason: str = "host closed", *, graceful: bool = True) -> None:
+        """Refuse new sessions and ask every session to stop, without waiting. Safe in a
+        signal handler (takes no lock): ``nodehost run`` calls it on Ctrl-C and SIGTERM."""
+        if self.state is HostState.OPEN:
+            self._cancel_reason = reason
+            self.state = HostState.CLOSING
+        for session in list(self._sessions):
+            session.cancel(reason, graceful=graceful)
+
     def close(self) -> None:
+        """Stop every session (each node gets its pipeline's stop_grace_s to clean up), wait
+        until all are reaped, and refuse new sessions from now on."""
+        self.cancel()
         for session in self.sessions():
-            session.stop()
+            session.wait()
+        self.state = HostState.CLOSED
 
     def __enter__(self) -> Host:
         return self
@@ -701,3 +860,17 @@ def _allocate_channels(session_id: str, max_processes: int | None,
     for name, port in host_ends.outputs.items():
         smap.channels[port.channel].targets.append(f"output:{name}")
     return smap
+
+
+# Sessions still running when the interpreter exits (an embedding program ended or died of
+# an exception without stopping them) are torn down before it goes: nothing outlives it.
+_LIVE_SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_sessions_at_exit() -> None:
+    for session in list(_LIVE_SESSIONS):
+        session.cancel("the host program exited", graceful=False)
+    for session in list(_LIVE_SESSIONS):
+        if session._thread.is_alive():
+            session._thread.join(timeout=30)

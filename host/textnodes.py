@@ -3,7 +3,7 @@
 - ``TextSource`` sends text given inline (``text``) or read from a file (``path``), one message
   per line (``split: lines``) or all of it as one message (``split: none``).
 - ``TextSink`` logs every message it receives (shown by ``nodehost run``) and, with ``path``,
-  also writes each one as a line to that file.
+  also writes each one as a line to that file (put in place when the stream ended).
 - ``JsonlSink`` writes one JSON object per message to ``path``: its text, language, sequence
   number and the node that wrote it, for tests and for tools that read JSON lines.
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 import nodehost
 from nodehost.data import RuntimeData
+from nodehost.outputs import OutputFile
 
 
 class TextSourceParams(BaseModel):
@@ -52,18 +53,37 @@ class TextSource(nodehost.Node[TextSourceParams]):
             yield RuntimeData.text(piece, language=params.language)
 
 
+class _LineFile:
+    """A sink's output file, put in place only when the stream ended (``OutputFile``): a
+    failed or stopped session leaves the previous file untouched."""
+
+    def __init__(self, path: str) -> None:
+        self.output = OutputFile(path)
+        self.file: IO[str] = open(self.output.temp, "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, line: str) -> None:
+        self.file.write(line + "\n")
+
+    def close(self, *, commit: bool) -> None:
+        self.file.close()
+        if commit:
+            self.output.commit()
+        else:
+            self.output.discard()
+
+
 class TextSinkParams(BaseModel):
     path: str | None = None
     log: bool = True
 
 
 class TextSink(nodehost.Node[TextSinkParams]):
-    _file: IO[str] | None = None
+    _file: _LineFile | None = None
 
     def initialize(self) -> None:
         self.received = 0
         if self.params.path:
-            self._file = open(self.params.path, "w", encoding="utf-8")  # noqa: SIM115
+            self._file = _LineFile(self.params.path)
 
     def process(self, data: RuntimeData, port: str) -> None:
         text = data.as_text()
@@ -71,13 +91,13 @@ class TextSink(nodehost.Node[TextSinkParams]):
         if self.params.log:
             self.logger.info("%s", text)
         if self._file is not None:
-            self._file.write(text + "\n")
-            self._file.flush()
+            self._file.write(text)
+
+    def end_of_stream(self, port: str) -> None:
+        _close(self, commit=True)
 
     def cleanup(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        _close(self, commit=False)
 
 
 class JsonlSinkParams(BaseModel):
@@ -85,20 +105,28 @@ class JsonlSinkParams(BaseModel):
 
 
 class JsonlSink(nodehost.Node[JsonlSinkParams]):
-    _file: IO[str] | None = None
+    _file: _LineFile | None = None
 
     def initialize(self) -> None:
-        self._file = open(self.params.path, "w", encoding="utf-8")  # noqa: SIM115
+        self._file = _LineFile(self.params.path)
 
     def process(self, data: RuntimeData, port: str) -> None:
         record: dict[str, Any] = {"text": data.as_text(),
                                   "language": getattr(data.metadata, "language", None),
                                   "seq": data.seq, "node": self.node_id}
         assert self._file is not None
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        self._file.write(json.dumps(record, ensure_ascii=False))
+
+    def end_of_stream(self, port: str) -> None:
+        _close(self, commit=True)
 
     def cleanup(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        _close(self, commit=False)
+
+
+def _close(sink: TextSink | JsonlSink, *, commit: bool) -> None:
+    """At end of stream the file goes in place; in cleanup() (after a failure or a stop,
+    or after end of stream, when there is nothing left to do) it is dropped."""
+    if sink._file is not None:
+        sink._file.close(commit=commit)
+        sink._file = None

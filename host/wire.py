@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nodehost.errors import InvalidRuntimeData as InvalidRuntimeData
 from nodehost.errors import WireFormatError
 
 HEADER_SIZE = 256
@@ -43,10 +44,6 @@ SAMPLE_FORMAT_CODES = {name: code for code, (name, _dt) in SAMPLE_FORMATS.items(
 SAMPLE_FORMAT_OF_DTYPE = {dt: code for code, (_name, dt) in SAMPLE_FORMATS.items()}
 
 TEXT_ENCODINGS = {1: "utf-8"}
-
-
-class InvalidRuntimeData(WireFormatError, ValueError):
-    """Arguments that cannot make a valid message (raised when building, not when parsing)."""
 
 
 class PixelFormat(NamedTuple):

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,11 +125,12 @@ class Outcome:
                               or [np.zeros(0, np.float32)])
 
 
-async def talk(url: str, frames: Sequence[bytes | str] = (), *, read: bool = True,
+async def talk(url: str, frames: Sequence[bytes | str] = (), *,
                headers: dict[str, str] | None = None,
+               on_ready: Callable[[dict[str, Any]], object] | None = None,
                timeout: float = SESSION_TIMEOUT_S) -> Outcome:
-    """Connect, wait for ``ready``, send ``frames`` (binary or JSON text), then read
-    everything until the server closes."""
+    """Connect, wait for ``ready`` (then call ``on_ready``), send ``frames`` (binary or JSON
+    text), then read everything until the server closes."""
     out = Outcome()
 
     async def run() -> None:
@@ -147,6 +148,8 @@ async def talk(url: str, frames: Sequence[bytes | str] = (), *, read: bool = Tru
                     out.events.append(event)
                     if event["event"] == proto.READY and not sent:
                         sent = True
+                        if on_ready is not None:
+                            on_ready(event)
                         for frame in frames:
                             await ws.send(frame)
             except websockets.ConnectionClosed:

@@ -46,12 +46,24 @@ def test_memory_and_cleanup_are_reported(report: dict[str, Any]) -> None:
     assert report["leftover_files"] == []
 
 
+def test_forwarding_is_measured_against_one_memmove(report: dict[str, Any]) -> None:
+    forward = report["forward"]
+    assert forward["payload_bytes"] == 10 << 20 and forward["messages"] == 10
+    assert forward["send_us"] > 0 and forward["memmove_us"] > 0
+    assert forward["ratio"] == round(forward["send_us"] / forward["memmove_us"], 2)
+    targets = {t["target"]: t for t in report["targets"]}
+    assert targets["forwarding 10 MiB costs <= 1.5x one memmove"]["value"] == forward["ratio"]
+
+
 def test_targets_are_judged_from_the_measurements(report: dict[str, Any]) -> None:
     targets = {t["target"]: t for t in report["targets"]}
     assert "nodehost p99 <= 1 ms" in targets
     assert "1 KiB messages/s through one channel >= 50,000" in targets
     worst = max(r["p99_us"] for r in report["results"] if r["transport"] == "nodehost")
     assert targets["nodehost p99 <= 1 ms"]["met"] == (worst <= 1000)
+    assert targets["nodehost p99 <= 1 ms"]["value"] == worst
+    assert targets["nodehost p99 <= 1 ms"]["limit"] == 1000
+    assert all(t.keys() == set(bench.Target._fields) for t in report["targets"])
     assert report["machine"]["cpus"] >= 1
 
 
@@ -61,7 +73,7 @@ def test_the_targets_judge_a_slow_transport_as_missed() -> None:
             for t, s, p50 in [("nodehost", 1024, 60.0), ("nodehost", 4096, 200.0),
                               ("iceoryx2-raw", 1024, 10.0), ("mp-pipe", 4096, 100.0)]]
     rows[0]["msgs_per_s"] = 1000
-    checks = {t: ok for t, _m, ok in bench.targets(rows, None, leftovers=2)}
+    checks = {t.target: t.met for t in bench.targets(rows, None, leftovers=2)}
     assert checks == {
         "same-core: nodehost p50 <= 50 us at every size": False,
         "same-core: p50 at 4096 B <= 2x p50 at 1024 B": False,
@@ -71,6 +83,29 @@ def test_the_targets_judge_a_slow_transport_as_missed() -> None:
         "1 KiB messages/s through one channel >= 50,000": False,
         "no iceoryx2 file left after the channels closed": False,
     }
+
+
+def test_a_check_flags_only_what_missed_its_target_by_more_than_the_factor() -> None:
+    from nodehost import bench_runtime
+
+    runtime = [{"id": "hop_throughput", "msgs_per_s": 20_000},      # 2.5x below 50k: slack
+               {"id": "chain_throughput", "msgs_per_s": 9_000},     # 4.4x below 40k
+               {"id": "crash_teardown", "p50_ms": 150.0},           # 3x above 50 ms: slack
+               {"id": "chain_latency", "p50_us": 250.0},            # 4.2x above 60 us
+               {"id": "parallel_branches", "speedup": 1.9}]         # met
+    checks = bench_runtime.targets(runtime)
+    assert {t.target: t.met for t in checks} == {
+        "runtime: 1-hop 1 KiB msgs/s through nodes >= 50000": False,
+        "runtime: 3-node chain 1 KiB msgs/s >= 40000": False,
+        "runtime: crash → session torn down, ms <= 50": False,
+        "runtime: per-hop p50 incl. runner (paced), us <= 60": False,
+        "runtime: 2 CPU-bound branches ÷ 2 threads >= 1.8": True}
+    regressed = {t.target for t in bench.regressions(checks, 4)}
+    assert regressed == {"runtime: 3-node chain 1 KiB msgs/s >= 40000",
+                         "runtime: per-hop p50 incl. runner (paced), us <= 60"}
+    leftovers = bench.targets([], None, leftovers=1)
+    assert [t.target for t in bench.regressions(leftovers, 100)] == [
+        "no iceoryx2 file left after the channels closed"]
 
 
 @pytest.mark.parametrize(("sizes", "message"), [
@@ -134,3 +169,20 @@ def test_the_probe_sink_notices_a_single_damaged_byte(size: int) -> None:
     assert np.frombuffer(buf[:HEADER].tobytes(), "<u8").tolist() == [12, 3]
     buf[-1] ^= 1
     assert not intact(buf[HEADER:], fill_value(12, 3))
+
+
+def test_leftovers_are_attributed_to_this_run_by_channel_name() -> None:
+    import os
+
+    from nodehost.channels import DataPlane
+    from nodehost.testing import shm_files
+
+    before = shm_files()
+    plane = DataPlane(f"bench-leftover-{os.getpid()}")
+    try:
+        plane.open_writer(f"nodehost-bench/{os.getpid()}/left", 1 << 16, readers=1)
+        still_open = bench.leftovers_of_this_run(before, settle_s=0)
+        assert any(path.endswith(".service") for path in still_open), still_open
+    finally:
+        plane.close()
+    assert bench.leftovers_of_this_run(before, settle_s=5) == []

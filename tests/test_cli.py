@@ -83,8 +83,23 @@ def test_console_script_and_module_agree(installed: Installed) -> None:
 
 # ------------------------------------------------------------------------------ inspect
 
-def test_inspect_yaml(installed: Installed) -> None:
+def test_inspect_table(installed: Installed) -> None:
     result = installed.run(["inspect", "FixtureGain"], "good")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "FixtureGain 2.0.1 — Multiply audio by a constant factor"
+    assert "  plugin      nodehost-fixture-good 1.2.3" in lines
+    assert "  in         audio   sample_rate 16000|48000, channels 1" in lines
+    params = lines.index("PARAMS")
+    assert lines[params + 1].split() == ["NAME", "TYPE", "DEFAULT", "RANGE", "DESCRIPTION"]
+    assert lines[params + 2].split() == ["gain", "number", "1.0", "≥", "0.0", "linear",
+                                         "factor"]
+    assert any(line.startswith("SANDBOX     network denied") for line in lines)
+    assert "RUNTIME     the host's Python environment" in lines
+
+
+def test_inspect_yaml(installed: Installed) -> None:
+    result = installed.run(["inspect", "FixtureGain", "--yaml"], "good")
     assert result.returncode == 0, result.stderr
     first, _ = result.stdout.split("\n", 1)
     assert first.startswith("# FixtureGain from nodehost-fixture-good 1.2.3 (")
@@ -94,6 +109,7 @@ def test_inspect_yaml(installed: Installed) -> None:
     assert manifest["entrypoint"] == "nodehost_fixture_good.nodes:Gain"
     assert manifest["inputs"]["in"]["sample_rate"] == [16000, 48000]
     assert manifest["params"]["gain"]["description"] == "linear factor"
+    assert "description: ''" not in result.stdout  # nothing left at its default
 
 
 def test_inspect_json(installed: Installed) -> None:
@@ -106,7 +122,7 @@ def test_inspect_json(installed: Installed) -> None:
     assert data["manifest"]["params"]["frequency"]["default"] == 440.0
 
 
-@pytest.mark.parametrize(("name", "hint"), [("FixtureGian", "(did you mean FixtureGain"),
+@pytest.mark.parametrize(("name", "hint"), [("FixtureGian", "(did you mean 'FixtureGain'"),
                                             ("Nothing", "`nodehost nodes` lists")])
 def test_inspect_unknown_type(installed: Installed, name: str, hint: str) -> None:
     result = installed.run(["inspect", name], "good")
@@ -231,3 +247,51 @@ def test_help(installed: Installed, command: str | None) -> None:
 
 def test_every_subcommand_is_known() -> None:
     assert set(SUBCOMMANDS) >= {"nodes", "inspect", "validate", "run", "schema"}
+
+
+# ------------------------------------------------------------------------------ bundled types
+
+def test_bundled_node_types_table_matches_the_plugins_folder() -> None:
+    from nodehost.discovery import BUNDLED_NODE_TYPES
+
+    repo = Path(__file__).resolve().parents[1]
+    found = {}
+    for manifest in (repo / "plugins").glob("nodehost-*/nodehost_*/manifests/*.yaml"):
+        dist = manifest.parts[-4]
+        if dist != "nodehost-testnodes":  # test nodes are no one's missing dependency
+            found[yaml.safe_load(manifest.read_text())["node_type"]] = dist
+    assert found == BUNDLED_NODE_TYPES
+
+
+def test_a_missing_bundled_type_names_its_distribution(installed: Installed,
+                                                       tmp_path: Path) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(yaml.safe_dump({"nodes": [{"id": "m", "type": "LFM2Audio"}]}))
+    result = installed.run(["validate", str(config)], "good")  # the bundled plugins disabled
+    assert result.returncode == 2
+    assert ("nodes[0].type: unknown node type 'LFM2Audio'; it is provided by "
+            "nodehost-lfm2audio, which is not installed: pip install -e "
+            "plugins/nodehost-lfm2audio") in result.stderr, result.stderr
+    inspect = installed.run(["inspect", "VibeVoiceTTS"], "good")
+    assert "provided by nodehost-vibevoice" in inspect.stderr
+
+
+# ------------------------------------------------------------------------------ conventions
+
+def test_version(installed: Installed) -> None:
+    import nodehost
+
+    result = installed.run(["--version"])
+    assert result.returncode == 0 and result.stdout == f"nodehost {nodehost.__version__}\n"
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    script = subprocess.run([sys.executable, "-m", "nodehost.cli", "completion", "bash"],
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    probe = script + (
+        '\nCOMP_WORDS=(nodehost ins); COMP_CWORD=1; _shtab_nodehost; echo "${COMPREPLY[@]}"'
+        '\nCOMP_WORDS=(nodehost run x.yaml --ev); COMP_CWORD=3; _shtab_nodehost; '
+        'echo "${COMPREPLY[@]}"\n')
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["inspect", "--events"]

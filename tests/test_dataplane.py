@@ -7,6 +7,8 @@ import gc
 import itertools
 import multiprocessing as mp
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,3 +244,36 @@ def test_views_outlive_their_runtime_data_safely(plane: DataPlane,
     del view
     gc.collect()
     assert reader.borrowed == 0
+
+
+def test_a_blocked_writer_wakes_on_its_interrupt_fd_without_polling(
+        plane: DataPlane, request: pytest.FixtureRequest) -> None:
+    """What a runner's stop rests on: a writer blocked by a reader that takes nothing sleeps
+    until the control socket is readable, then the interrupt callback runs (once) and aborts
+    the send."""
+    name = _channel(request)
+    writer = plane.open_writer(name, 1 << 12, readers=1)
+    plane.open_reader(name, 1 << 12)  # connected, never reads
+    host_end, node_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    calls: list[bytes] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_control() -> None:
+        calls.append(node_end.recv(64))
+        raise Stop
+
+    plane.set_interrupt([node_end.fileno()], on_control)
+    sender = threading.Timer(0.5, host_end.send, args=(b"stop",))
+    sender.start()
+    try:
+        with pytest.raises(Stop):
+            for _ in range(10_000):
+                writer.send(RuntimeData.tensor(np.zeros(1024, np.uint8)))
+    finally:
+        sender.join()
+        writer.close(drain_timeout=0, eos=False)
+        host_end.close()
+        node_end.close()
+    assert calls == [b"stop"], "the callback runs when the fd is readable, and only then"

@@ -326,7 +326,7 @@ def test_the_same_plugin_object_twice_is_reported_not_fatal() -> None:
 def test_get_unknown_type_suggests_close_names() -> None:
     registry = discover(plugins=[ManifestsPlugin([tone()])], entry_points=False)
     assert registry.get("Tone").name == "Tone"
-    with pytest.raises(DiscoveryError, match=r"unknown node type 'Tnoe' \(did you mean Tone\?\)"):
+    with pytest.raises(DiscoveryError, match=r"unknown node type 'Tnoe' \(did you mean 'Tone'\?\)"):
         registry.get("Tnoe")
     with pytest.raises(DiscoveryError, match="unknown node type 'Xyz'; `nodehost nodes`"):
         registry.get("Xyz")

@@ -89,6 +89,12 @@ def test_env_is_built_with_requirements_runner_and_plugin(
     names = sorted(p.name for p in (cache / "envs").iterdir())
     key = Path(python).parent.parent.name
     assert names == sorted([key, f".{key}.lock"])
+    # What pip installed, from its JSON report (not from its messages).
+    import json
+
+    installed = json.loads((Path(python).parent.parent / envs.MARKER).read_text())["installed"]
+    assert any(i.startswith("six==") for i in installed), installed
+    assert any(i.lower().startswith("iceoryx2==") for i in installed), installed
 
 
 def test_scripts_point_at_the_final_path(built: tuple[str, list[tuple[float, str]], float]
@@ -148,15 +154,24 @@ def test_bogus_requirement_fails_naming_it_and_leaves_nothing(cache: Path) -> No
     assert all(name.endswith(".lock") for name in new), new  # no env, no build folder
 
 
-def test_failure_parsing() -> None:
-    lines = ["Collecting six", "ERROR: Could not find a version that satisfies the requirement "
-             "foo==1 (from versions: none)", "ERROR: No matching distribution found for foo==1"]
-    assert envs.failing_requirement(lines) == ("foo==1", "not found on the package index")
-    build = ["Collecting badpkg", "  × Getting requirements to build wheel did not run "
-             "successfully.", "ERROR: whatever"]
-    assert envs.failing_requirement(build) == ("badpkg", "failed to build")
-    assert envs.failing_requirement(["ERROR: something else"]) == \
-        (None, "ERROR: something else")
+def test_failing_requirement_found_by_exit_codes() -> None:
+    bogus = "nodehost-no-such-package-xyz==9.9.9"
+    python = Path(sys.executable)
+    assert envs.failing_requirement(python, ["six", bogus]) == bogus
+    assert envs.failing_requirement(python, ["six"]) is None
+
+
+def test_one_cli_path(cache: Path) -> None:
+    """``python -m nodehost.envs``, ``nodehost env`` and ``nodehost envs`` are one parser."""
+    outs = [subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            for cmd in ([sys.executable, "-m", "nodehost.envs", "list", "--json"],
+                        [sys.executable, "-m", "nodehost.cli", "env", "list", "--json"],
+                        [sys.executable, "-m", "nodehost.cli", "envs", "list", "--json"])]
+    assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
+    assert outs[0].stdout == outs[1].stdout == outs[2].stdout
+    bad = subprocess.run([sys.executable, "-m", "nodehost.envs", "frobnicate"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage: nodehost env" in bad.stderr
 
 
 def test_list_and_prune(built: tuple[str, list[tuple[float, str]], float], cache: Path) -> None:

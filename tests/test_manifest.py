@@ -145,21 +145,33 @@ def test_unknown_sample_format_rejected() -> None:
     assert issue.startswith("inputs.in.sample_format[0]: Input should be 'f32' or 's16'")
 
 
-def test_sample_rate_from_param_must_name_a_param() -> None:
-    outputs = {"out": {"data_type": "audio", "sample_rate_from_param": "rate"}}
+@pytest.mark.parametrize("field", ["sample_rate_from_param", "channels_from_param"])
+def test_derived_from_param_must_name_a_param(field: str) -> None:
+    outputs = {"out": {"data_type": "audio", field: "rate"}}
     assert issues_of(manifest(outputs=outputs)) == [
-        "outputs.out.sample_rate_from_param names unknown param 'rate'"
+        f"outputs.out.{field} names unknown param 'rate'"
     ]
     params = {"rate": {"type": "integer", "default": 16000}}
     m = NodeManifest.model_validate(manifest(outputs=outputs, params=params))
-    assert m.outputs["out"].sample_rate_from_param == "rate"
+    assert getattr(m.outputs["out"], field) == "rate"
 
 
-def test_sample_rate_from_param_is_refused_on_inputs() -> None:
-    inputs = {"in": {"data_type": "audio", "sample_rate_from_param": "gain"}}
+@pytest.mark.parametrize("field", ["sample_rate_from_param", "channels_from_param"])
+def test_derived_from_param_is_refused_on_inputs(field: str) -> None:
+    inputs = {"in": {"data_type": "audio", field: "gain"}}
     assert issues_of(manifest(inputs=inputs)) == [
-        "inputs.in: sample_rate_from_param is only meaningful on outputs"
+        f"inputs.in: {field} is only meaningful on outputs"
     ]
+
+
+def test_access_applies_to_path_params_only() -> None:
+    params = {"n": {"type": "string", "access": "write"}}
+    (issue,) = issues_of(manifest(params=params))
+    assert issue == 'params.n: access applies to params of format "path"'
+    params = {"out": {"type": "string", "format": "path", "access": "write"},
+              "model": {"type": "string", "format": "path"}}
+    m = NodeManifest.model_validate(manifest(params=params))
+    assert (m.params["out"].path_access, m.params["model"].path_access) == ("write", "read")
 
 
 @pytest.mark.parametrize(("field", "paths"), [("fs_read", ["data"]),

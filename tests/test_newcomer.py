@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,3 +91,46 @@ def test_new_plugin_installs_lists_runs_and_passes_its_tests(fresh: Fresh) -> No
                        "textstats/tests", check=False)
     assert tested.returncode == 0, tested.stdout[-4000:] + tested.stderr[-4000:]
     assert "3 passed" in tested.stdout, tested.stdout[-2000:]
+
+
+# --------------------------------------------------------------------------- docs/plugins.md
+
+DOC = REPO / "docs" / "plugins.md"
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+FILE_MARK = re.compile(r"^# file: (\S+)( \(excerpt\))?\n")
+
+
+def doc_blocks() -> list[tuple[str, str]]:
+    """(language, text) of every fenced block of docs/plugins.md, in order."""
+    return [(m.group(1), m.group(2)) for m in BLOCK.finditer(DOC.read_text())]
+
+
+def test_plugins_doc_walkthrough_runs_as_written(fresh: Fresh) -> None:
+    """Every ``bash`` block is run, every ``# file:`` block written (or, for an excerpt,
+    found in the file ``nodehost new`` generated), in the order of the page."""
+    walk = fresh.root / "docwalk"
+    walk.mkdir()
+    (walk / "plugins").symlink_to(REPO / "plugins")  # "from a nodehost checkout"
+    env = {**fresh.env, "PATH": f"{fresh.venv / 'bin'}{os.pathsep}{fresh.env['PATH']}",
+           "VIRTUAL_ENV": str(fresh.venv)}
+    ran = files = 0
+    for lang, text in doc_blocks():
+        mark = FILE_MARK.match(text)
+        if mark:
+            path, body = walk / mark.group(1), text[mark.end():]
+            if mark.group(2):  # an excerpt: each paragraph is in the generated file as is
+                for paragraph in re.split(r"\n\s*\n", body.strip()):
+                    assert paragraph in path.read_text(), f"{mark.group(1)}:\n{paragraph}"
+            else:
+                path.write_text(body)
+            files += 1
+        elif lang == "bash":
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=walk,
+                                    env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                                    stdin=subprocess.DEVNULL)
+            assert result.returncode == 0, (text, result.stdout[-3000:], result.stderr[-3000:])
+            ran += 1
+            if "pytest -q textstats/tests" in text and "louder" in "".join(
+                    p.name for p in (walk / "textstats" / "tests").iterdir()):
+                assert "5 passed" in result.stdout, result.stdout[-2000:]
+    assert ran >= 3 and files >= 9, (ran, files)

@@ -249,3 +249,91 @@ def test_data_made_while_processing_an_input_inherits_its_origin() -> None:
         inherited_origin.ns = 0
     assert derived.origin_ns == 12345 and derived.timestamp_ns > 12345
     assert RuntimeData.text("fresh").origin_ns > 12345
+
+
+# ------------------------------------------------------------------------ logs and the view
+
+def chatty_chain(out: Path, count: int, **params: Any) -> dict[str, Any]:
+    middle = [{"id": "talk", "type": "Chatty", "params": params}]
+    return probe_chain(out, count=count, middle=middle, name="chatty")
+
+
+def test_output_lines_become_log_events_and_files(tmp_out: Path) -> None:
+    log_dir = tmp_out / "logs"
+    with Host(log_dir=log_dir) as host:
+        session, events = collect(host, chatty_chain(tmp_out / "sum.json", 10, lines=2))
+        assert session.wait(TIMEOUT).ok
+    lines = [e["message"] for e in events if e["event"] == "log" and e["node"] == "talk"
+             and e["level"] == "OUTPUT"]
+    # both streams, every line, in order (20 lines are within the budget)
+    assert lines == [f"chatty line {i}" for i in range(1, 21)]
+    text = (log_dir / "talk.log").read_text().splitlines()
+    assert text == [f"chatty line {i}" for i in range(1, 21)]
+    assert {p.name for p in log_dir.iterdir()} == {"src.log", "talk.log", "sink.log"}
+
+
+def test_a_flood_of_output_is_rate_limited_not_lost_in_the_file(tmp_out: Path) -> None:
+    from nodehost.nodelog import BURST
+
+    log_dir = tmp_out / "logs"
+    with Host(log_dir=log_dir) as host:
+        session, events = collect(host, chatty_chain(tmp_out / "sum.json", 20, lines=200))
+        assert session.wait(TIMEOUT).ok
+    lines = [e["message"] for e in events if e["event"] == "log" and e["node"] == "talk"]
+    assert len(lines) < 4000
+    assert lines[:BURST] == [f"chatty line {i}" for i in range(1, BURST + 1)]
+    notices = [line for line in lines if "more output lines not shown" in line]
+    shown = len(lines) - len(notices)
+    hidden = sum(int(n.split()[1]) for n in notices)
+    assert notices and shown + hidden == 4000  # every line is either shown or counted
+    assert len((log_dir / "talk.log").read_text().splitlines()) == 4000
+
+
+def test_a_crash_shows_the_nodes_last_lines(host: Host, tmp_out: Path) -> None:
+    config = chatty_chain(tmp_out / "sum.json", 1000, lines=3, crash_after=5)
+    session, _events = collect(host, config)
+    result = session.wait(TIMEOUT)
+    assert not result.ok and result.failed_node == "talk"
+    assert "exited with code 3; its last output:" in result.reason
+    quoted = [line.removeprefix("    | ") for line in result.reason.splitlines()[1:]]
+    assert quoted == [*(f"chatty line {i}" for i in range(7, 16)),
+                      "chatty dies after 5 messages"]
+
+
+def test_live_view_shows_progress_rates_and_channels(host: Host, tmp_out: Path) -> None:
+    from rich.console import Console
+
+    from nodehost.runview import LiveView
+
+    def render(view: LiveView) -> str:
+        console = Console(record=True, width=200, color_system=None)
+        console.print(view.render())
+        return console.export_text()
+
+    middle = [{"id": "warm", "type": "SlowInit", "params": {"init_s": 1.0}}]
+    config = probe_chain(tmp_out / "sum.json", count=600, middle=middle, name="view")
+    config["nodes"][0]["params"]["interval_ms"] = 3.0
+    config["nodes"][-1]["params"]["delay_ms"] = 6.0
+    config["connections"][1]["backpressure"] = False
+    session = host.start_session(config)
+    view = LiveView(session.id)
+    during_init = during_run = ""
+    rate = 0.0
+    for event in session.events(timeout=TIMEOUT):
+        view.add(event)
+        if event["event"] == "progress" and event["node"] == "warm" and not during_init:
+            during_init = render(view)
+        if event["event"] == "stats" and event["nodes"]["sink"]["received"] > 100 \
+                and not during_run:
+            during_run = render(view)
+            rate = view.rates["sink"][0]  # messages/s between the last two events
+    assert session.wait(TIMEOUT).ok
+    assert "starting" in during_init and "warming up" in during_init and "░" in during_init
+    assert "starting" not in during_run
+    assert "channels" in during_run and "warm.out" in during_run and "█" in during_run
+    assert rate > 0
+    final = render(view)
+    summary = json.loads((tmp_out / "sum.json").read_text())
+    dropped = 600 - summary["count"]
+    row = next(line for line in final.splitlines() if line.lstrip("│ ").startswith("warm.out"))
+    assert "Destroyed" in row and f" {dropped} " in row

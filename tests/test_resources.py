@@ -87,7 +87,7 @@ def test_bad_resources_and_env_are_located(host: Any, tmp_out: Path, node: dict[
 
 # ---------------------------------------------------------------------- memory limit hit
 
-@pytest.mark.parametrize("how", ["python", "native"])
+@pytest.mark.parametrize("how", ["python", "native", "abort"])
 @pytest.mark.parametrize("stage", ["initialize", "process"])
 def test_a_node_that_hits_its_memory_limit_is_reported_as_such(
         host: Any, tmp_out: Path, stage: str, how: str) -> None:
@@ -100,9 +100,10 @@ def test_a_node_that_hits_its_memory_limit_is_reported_as_such(
     assert result.reason.startswith(
         f"node 'hog' (MemoryHog) hit its memory limit of 192 MiB in {stage}() "
         "(raise nodes[1].resources.memory_mb)"), result.reason
-    native = "RuntimeError: hog_malloc: failed to allocate memory" if how == "native" \
-        else "MemoryError"
-    assert native in result.reason  # the library's own words stay, as detail
+    native = {"native": "RuntimeError: hog_malloc: failed to allocate memory",
+              "python": "MemoryError",
+              "abort": "it was killed by SIGABRT: memory allocation of 16777216 bytes failed"}
+    assert native[how] in result.reason  # the library's own words stay, as detail
     failed = [e for e in events if e["event"] == "status" and e["node"] == "hog"
               and e["status"] == "Error"]
     assert failed, events

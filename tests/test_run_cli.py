@@ -102,3 +102,38 @@ def test_children_die_with_a_sigkilled_host_and_shm_is_reclaimed(tmp_out: Path) 
     # The next host start reclaims what the killed one left behind.
     subprocess.run([sys.executable, "-c", "import nodehost; nodehost.Host()"], check=True)
     assert not (shm_files() - before)
+
+
+def _text_pipeline(tmp_out: Path) -> tuple[Path, Path]:
+    out = tmp_out / "out.jsonl"
+    cfg = write(tmp_out / "t.yaml", {
+        "name": "set", "nodes": [
+            {"id": "src", "type": "TextSource", "params": {"text": "from the file"}},
+            {"id": "sink", "type": "JsonlSink", "params": {"path": str(out)},
+             "sandbox": {"fs_write": [str(out)]}}],
+        "connections": [{"from": "src", "to": "sink"}]})
+    return cfg, out
+
+
+def test_run_set_overrides_params_typed_by_the_manifest(tmp_out: Path) -> None:
+    cfg, out = _text_pipeline(tmp_out)
+    proc = nodehost("run", str(cfg), "--set", "src.text=a b\nc", "--set", "src.split=none",
+                    "--set", "src.interval_ms=1")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["a b\nc"]
+
+
+def test_run_set_errors_are_located(tmp_out: Path) -> None:
+    cfg, _ = _text_pipeline(tmp_out)
+    proc = nodehost("run", str(cfg), "--set", "src.interval_ms=fast", "--set", "srx.text=a",
+                    "--set", "src.nope=1", "--set", "src=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for line in ("--set src.interval_ms=fast: TextSource.interval_ms: 'fast' is not a number",
+                 "--set srx.text=a: no node 'srx' in the config (did you mean 'src'?)",
+                 "--set src.nope=1: TextSource has no param 'nope'; its params: text, path",
+                 "--set src=1: expected NODE.PARAM=VALUE"):
+        assert line in proc.stderr, proc.stderr
+    ranged = nodehost("run", str(cfg), "--set", "src.interval_ms=-3")
+    assert ranged.returncode == 2
+    assert "nodes[0].params.interval_ms: Input should be greater than or equal to 0" in \
+        ranged.stderr

@@ -92,8 +92,15 @@ def test_warm_pool_hands_out_a_ready_session_and_refills(tmp_path: Path) -> None
                           "--max-sessions", "3", log_dir=tmp_path)
     try:
         wait_warm(server)  # the pool fills at start
+        # an idle warm session loads and waits at a lower CPU priority
+        idle = psutil.Process(server.proc.pid).children()
+        assert idle and all(p.nice() == 10 for p in idle), [(p.pid, p.nice()) for p in idle]
         signal_ = np.arange(3200, dtype=np.float32) / 3200
-        first = asyncio.run(talk(server.ws_url, [*audio_frames("in", signal_), close_input("in")]))
+        lent_nice: list[int] = []
+        first = asyncio.run(talk(
+            server.ws_url, [*audio_frames("in", signal_), close_input("in")],
+            on_ready=lambda _: lent_nice.extend(p.nice() for p in idle)))
+        assert lent_nice == [0] * len(idle)  # once lent, back to normal priority
         ready = first.first("ready")
         assert ready["warm"] is True
         # the warm session's nodes were Ready before the client came: it saw no start-up

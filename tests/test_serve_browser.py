@@ -62,7 +62,9 @@ def test_page_hears_the_microphone_and_plays_the_reply(tmp_path: Path) -> None:
                 page.wait_for_function(
                     """() => {
                         const heard = document.getElementById("out-transcript");
-                        return heard && /fox/i.test(heard.textContent)
+                        // a whole utterance: the first loop of the file may have begun
+                        // before the session was Ready (the page sends nothing until then)
+                        return heard && /quick brown fox/i.test(heard.textContent)
                             && window.nodehost.counters.audioSeconds > 1.5;
                     }""", timeout=PAGE_TIMEOUT_MS)
                 heard = page.inner_text("#out-transcript").lower()

@@ -52,16 +52,27 @@ def test_twenty_concurrent_clients_each_get_their_own_data(tmp_path: Path) -> No
                 talk(server.ws_url, [*audio_frames("in", s), close_input("in")])
                 for s in signals))
 
+        rss_before = server.rss()
         outcomes = asyncio.run(all_clients())
+        rounds = [asyncio.run(all_clients()) for _ in range(2)]  # the same again, twice
+        rss_after = server.rss()
+        print(f"20 clients x 3 rounds: server RSS {rss_before / 2**20:.0f} → "
+              f"{rss_after / 2**20:.0f} MiB")
+        # what a session costs the server is given back when it ends: 60 sessions later the
+        # server has not grown by anything like 60 sessions' worth (each moved 1.3 MB)
+        assert rss_after - rss_before < 64 * 2**20
+        for extra in rounds:
+            assert all(o.events[-1]["event"] == "session_end" and o.events[-1]["ok"]
+                       for o in extra)
         for i, (signal_, outcome) in enumerate(zip(signals, outcomes, strict=True)):
             assert outcome.events[-1]["event"] == "session_end", (i, outcome.kinds()[-3:])
             assert outcome.events[-1]["ok"], outcome.events[-1]
             assert np.array_equal(outcome.audio("out"), signal_ * 2), f"client {i}"
             assert len(outcome.outputs["out"]) == 50  # 16000 samples in chunks of 320
-        sessions = [outcome.session_ids for outcome in outcomes]
+        sessions = [outcome.session_ids for outcome in (*outcomes, *rounds[0], *rounds[1])]
         assert all(len(s) == 1 for s in sessions)
         every = set().union(*sessions)
-        assert len(every) == 20
+        assert len(every) == 60
         assert_nothing_left(every)
     finally:
         stop_cleanly(server)
@@ -206,8 +217,42 @@ def test_a_slow_reader_is_held_back_and_server_memory_stays_bounded(echo: ServeP
 
     sent, ids = asyncio.run(flood())
     growth = echo.rss() - rss_before
+    print(f"slow reader: held back after {sent / 2**20:.1f} MiB sent; server RSS "
+          f"{rss_before / 2**20:.0f} → {(rss_before + growth) / 2**20:.0f} MiB")
     # what is in flight is bounded by the channel capacity and socket buffers, not by what
     # the client tried to send
     assert sent < 256 * 2**20, sent
     assert growth < 128 * 2**20, f"server grew by {growth / 2**20:.0f} MiB"
     assert_nothing_left(ids)
+
+
+def test_many_blocked_clients_leaving_at_once_do_not_stall_the_server(tmp_path: Path) -> None:
+    """Eight clients fill their pipelines without reading (eight sends blocked in the server)
+    and hang up together; the server tears every session down and serves the next client
+    (blocked calls run in threads of their own, not in a small pool they could exhaust)."""
+    server = ServeProcess(gain_config(tmp_path / "echo.json"), log_dir=tmp_path)
+    chunk = audio_frames("in", np.ones(8000, np.float32), chunk=8000)[0]
+    try:
+        async def blocked_client() -> set[str]:
+            ws = await websockets.connect(server.ws_url, max_queue=1, max_size=None)
+            events = []
+            while not events or events[-1]["event"] != "ready":
+                events.append(json.loads(await ws.recv()))
+            while True:
+                try:
+                    await asyncio.wait_for(ws.send(chunk), 2.0)
+                except TimeoutError:
+                    break  # held back: the pipeline is full
+            ws.transport.abort()
+            return {e["session"] for e in events if e.get("session")}
+
+        async def scenario() -> tuple[set[str], object]:
+            ids = set().union(*await asyncio.gather(*(blocked_client() for _ in range(8))))
+            return ids, await steady_client(server.ws_url, 1.0)
+
+        ids, (signal_, outcome) = asyncio.run(asyncio.wait_for(scenario(), 300))
+        assert outcome["end"]["ok"] and np.array_equal(outcome["audio"], signal_ * 2)  # type: ignore[index]
+        assert len(ids) == 8
+        assert_nothing_left(ids)
+    finally:
+        stop_cleanly(server)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio
 
 
-class AudioBuffer(nodehost.Node):
+class AudioBufferParams(BaseModel):
+    """The params of AudioBuffer's manifest, typed (nodehost checks the names match)."""
+
+    min_utterance_ms: float = 1000.0
+    max_utterance_ms: float = 28000.0
+    silence_ms: float = 200.0
+    drop_below_ms: float = 0.0
+
+
+class AudioBuffer(nodehost.Node[AudioBufferParams]):
     """Each input message is one segment; segments accumulate until the utterance is long enough.
 
     An utterance goes out as one message once it holds at least ``min_utterance_ms`` (so a

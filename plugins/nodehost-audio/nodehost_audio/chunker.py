@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_audio._audio import audio_format, frames_of, make_audio, ms_to_frames
 
 
-class AudioChunker(nodehost.Node):
+class AudioChunkerParams(BaseModel):
+    """The params of AudioChunker's manifest, typed (nodehost checks the names match)."""
+
+    chunk_ms: float = 32.0
+    chunk_samples: int | None = None
+    pad_last: bool = True
+
+
+class AudioChunker(nodehost.Node[AudioChunkerParams]):
     def initialize(self) -> None:
         # Held samples are copies: input views onto shared memory die after process().
         self._pending: list[np.ndarray] = []

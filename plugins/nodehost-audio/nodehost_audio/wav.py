@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
+from pydantic import BaseModel
 
 import nodehost
+from nodehost.outputs import OutputFile
 from nodehost_audio._audio import audio_format, frames_of, make_audio, ms_to_frames
 
 
-class WavSource(nodehost.Node):
+class WavSourceParams(BaseModel):
+    """The params of WavSource's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    chunk_ms: float = 20.0
+    realtime: bool = False
+    mono: bool = False
+
+
+class WavSource(nodehost.Node[WavSourceParams]):
     """Emits a sound file as float32 chunks of ``chunk_ms``, then ends the stream."""
 
     def initialize(self) -> None:
@@ -72,22 +83,31 @@ class WavSource(nodehost.Node):
             self._file = None
 
 
-class WavSink(nodehost.Node):
+class WavSinkParams(BaseModel):
+    """The params of WavSink's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    subtype: Literal['PCM_16', 'PCM_24', 'FLOAT'] = 'PCM_16'
+    empty_sample_rate: int = 16000
+
+
+class WavSink(nodehost.Node[WavSinkParams]):
     """Writes its input to ``path`` at the rate and channel count of the first chunk.
 
-    The file is opened on the first chunk (the rate is only known then) and finalized (the
-    WAV header's sizes written) at end of stream, or in ``cleanup()`` when the session stops
-    early, so an interrupted run still leaves a playable file.
+    The file is written under a temporary name (``nodehost.outputs.OutputFile``) and put at
+    ``path`` only at end of stream, finalized: a session that fails or is stopped leaves
+    whatever ``path`` held before (a previous good reply) untouched.
     """
 
     def initialize(self) -> None:
         self._file: sf.SoundFile | None = None
+        self._output: OutputFile | None = None
         self._format: tuple[int, int] | None = None
         self.frames_written = 0
 
     def _open(self, rate: int, channels: int) -> sf.SoundFile:
-        # Written in place (no temp file + rename): the sandbox grants exactly this path.
-        return sf.SoundFile(self.params.path, "w", samplerate=rate, channels=channels,
+        self._output = OutputFile(self.params.path)
+        return sf.SoundFile(self._output.temp, "w", samplerate=rate, channels=channels,
                             subtype=self.params.subtype)
 
     def process(self, data: nodehost.RuntimeData, port: str) -> None:
@@ -113,16 +133,21 @@ class WavSink(nodehost.Node):
             self.logger.warning("no audio received; writing an empty file to %s",
                                 self.params.path)
             self._file = self._open(self.params.empty_sample_rate, 1)
-        self._close()
+        self._file.close()
+        self._file = None
+        assert self._output is not None
+        self._output.commit()
+        rate = self._format[0] if self._format else self.params.empty_sample_rate
+        self.logger.info("wrote %.2f s of audio (%d Hz) to %s", self.frames_written / rate,
+                         rate, self.params.path)
 
     def cleanup(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        f = getattr(self, "_file", None)
+        # After end_of_stream the file is in place; otherwise the stream was cut off.
+        f, self._file = getattr(self, "_file", None), None
         if f is not None:
             f.close()
-            self._file = None
-            rate = self._format[0] if self._format else self.params.empty_sample_rate
-            self.logger.info("wrote %.2f s of audio (%d Hz) to %s", self.frames_written / rate,
-                             rate, self.params.path)
+        output = getattr(self, "_output", None)
+        if output is not None and not output.done:
+            output.discard()
+            self.logger.warning("stream cut off after %d frames: %s left as it was",
+                                self.frames_written, self.params.path)

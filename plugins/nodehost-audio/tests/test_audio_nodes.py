@@ -239,10 +239,13 @@ def test_wav_sink_without_input_leaves_a_valid_empty_file(
     assert (info.frames, info.samplerate) == (0, 16000)
 
 
-def test_wav_sink_cleanup_finalizes_an_interrupted_file(
+def test_wav_sink_cut_off_leaves_the_previous_file_untouched(
         make_node: Make, tmp_path: Path) -> None:
     path = tmp_path / "out.wav"
+    sf.write(path, sine(440, 0.5, 22050), 22050)  # the last run's good reply
+    before = path.read_bytes()
     sink = make_node("WavSink", path=str(path), subtype="FLOAT")
     sink.node.process(chunks(sine(440, 0.1, 16000), 1600, 16000)[0], "in")
-    sink.node.cleanup()  # a session stopped early: no end_of_stream
-    assert sf.info(str(path)).frames == 1600
+    sink.node.cleanup()  # a session failed or stopped: no end_of_stream
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]  # no temp file left

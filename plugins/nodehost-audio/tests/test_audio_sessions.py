@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 
+from nodehost.errors import ConfigError
 from nodehost.testing import chain, run, sine, sink, source
 
 
@@ -121,14 +123,104 @@ def test_wav_source_mono_downmix(host: Any, tmp_out: Path) -> None:
     np.testing.assert_allclose(written, (left + right) / 2, atol=1e-6)
 
 
-def test_wav_sink_without_a_write_grant_fails_naming_the_node(
+def test_wav_sink_without_a_write_grant_is_refused_before_the_run(
         host: Any, tmp_out: Path) -> None:
     wav_in = tmp_out / "in.wav"
     sf.write(wav_in, sine(440, 0.1, 16000), 16000)
     ungranted = sink(tmp_out / "out.wav")
     del ungranted["sandbox"]
-    done = run(host, chain("nogrant", source(wav_in), ungranted))
-    assert not done.result.ok
-    assert done.result.failed_node == "sink"
-    assert "WavSink" in done.result.reason
+    with pytest.raises(ConfigError) as info:
+        host.start_session(chain("nogrant", source(wav_in), ungranted))
+    assert [str(i) for i in info.value.issues] == [
+        f"nodes[1].params.path: {tmp_out / 'out.wav'} is outside what the node may write; "
+        "add it (or its folder) to nodes[1].sandbox.fs_write"]
     assert not (tmp_out / "out.wav").exists()
+
+
+@pytest.mark.parametrize("grant", ["file", "folder"])
+def test_a_failing_session_leaves_the_previous_output_untouched(
+        host: Any, tmp_out: Path, grant: str) -> None:
+    """The sink has written audio when a sibling branch fails: the good file from the last
+    run stays as it was, and no temporary file is left beside it."""
+    wav_in, wav_out = tmp_out / "in.wav", tmp_out / "out" / "reply.wav"
+    wav_out.parent.mkdir()
+    sf.write(wav_in, sine(440, 4.0, 16000), 16000)
+    sf.write(wav_out, sine(880, 0.5, 22050), 22050)  # the previous good reply
+    before = wav_out.read_bytes()
+    speaker = sink(wav_out)
+    if grant == "folder":
+        speaker["sandbox"] = {"fs_write": [str(wav_out.parent)]}
+    config = chain("cutoff", source(wav_in, realtime=True), speaker)
+    # A second branch that fails after ~1 s, while the sink is mid-stream.
+    config["nodes"] += [
+        {"id": "ticks", "type": "ProbeSource", "params": {"count": 100, "interval_ms": 50}},
+        {"id": "faulty", "type": "Faulty", "params": {"mode": "process_exception",
+                                                      "after": 20}},
+        {"id": "probe", "type": "ProbeSink", "params": {"out_path": str(tmp_out / "p.json")},
+         "sandbox": {"fs_write": [str(tmp_out / "p.json")]}},
+    ]
+    config["connections"] += [{"from": "ticks", "to": "faulty"}, {"from": "faulty",
+                                                                  "to": "probe"}]
+    done = run(host, config)
+    assert not done.result.ok and done.result.failed_node == "faulty", done.result.reason
+    assert any(m.startswith("first audio in") for m in done.logs("sink")), done.logs("sink")
+    assert wav_out.read_bytes() == before
+    assert sorted(p.name for p in wav_out.parent.iterdir()) == ["reply.wav"]
+
+
+@pytest.mark.parametrize("grant", ["file", "folder"])
+def test_a_finished_session_replaces_the_output(host: Any, tmp_out: Path, grant: str) -> None:
+    wav_in, wav_out = tmp_out / "in.wav", tmp_out / "out" / "reply.wav"
+    wav_out.parent.mkdir()
+    sf.write(wav_in, sine(440, 0.3, 16000), 16000, subtype="FLOAT")
+    sf.write(wav_out, sine(880, 0.5, 22050), 22050)
+    speaker = sink(wav_out, subtype="FLOAT")
+    if grant == "folder":
+        speaker["sandbox"] = {"fs_write": [str(wav_out.parent)]}
+    run(host, chain("replace", source(wav_in), speaker)).assert_ok()
+    written, rate = sf.read(wav_out, dtype="float32")
+    assert rate == 16000 and len(written) == int(0.3 * 16000)
+    assert sorted(p.name for p in wav_out.parent.iterdir()) == ["reply.wav"]
+
+
+@pytest.mark.parametrize(("channels_in", "channels_out"), [(2, 1), (1, 2)])
+def test_resample_converts_the_channel_count(host: Any, tmp_out: Path, channels_in: int,
+                                             channels_out: int) -> None:
+    wav_in, wav_out = tmp_out / "in.wav", tmp_out / "out.wav"
+    left, right = sine(440, 0.5, 48000, amp=0.4), sine(660, 0.5, 48000, amp=0.2)
+    signal = np.stack([left, right], axis=1) if channels_in == 2 else left
+    sf.write(wav_in, signal, 48000, subtype="FLOAT")
+    resample = {"id": "rs", "type": "Resample",
+                "params": {"sample_rate": 16000, "channels": channels_out}}
+    run(host, chain("remix", source(wav_in), resample, sink(wav_out, subtype="FLOAT"))
+        ).assert_ok()
+    written, rate = sf.read(wav_out, dtype="float32", always_2d=True)
+    assert (rate, written.shape[1]) == (16000, channels_out)
+    assert abs(len(written) - 8000) <= 2
+    if channels_out == 1:  # the average of both sides: both tones are there
+        spectrum = np.abs(np.fft.rfft(written[:, 0]))
+        freqs = np.fft.rfftfreq(len(written), 1 / 16000)
+        assert {round(float(freqs[i])) for i in np.argsort(spectrum)[-2:]} == {440, 660}
+    else:  # mono copied to each side
+        np.testing.assert_array_equal(written[:, 0], written[:, 1])
+        assert abs(dominant_hz(written[:, 0], rate) - 440) <= 2
+
+
+def test_resample_channels_are_known_to_validation(host: Any, tmp_out: Path) -> None:
+    wav_in = tmp_out / "in.wav"
+    sf.write(wav_in, sine(440, 0.1, 16000), 16000)
+    config = chain("remix", source(wav_in),
+                   {"id": "rs", "type": "Resample", "params": {"sample_rate": 16000,
+                                                               "channels": 2}},
+                   {"id": "vad", "type": "SileroVAD"})
+    types = host.registry.node_types
+    if "SileroVAD" not in types:
+        pytest.skip("nodehost-speech is not installed")
+    with pytest.raises(ConfigError) as info:
+        host.validate(config)
+    assert [str(i) for i in info.value.issues] == [
+        "connections[1]: rs.out (Resample) → vad.in (SileroVAD): channel count 2 is not "
+        "accepted by the input, which takes 1; insert a Resample node with channels set "
+        "between them"]
+    config["nodes"][1]["params"]["channels"] = 1
+    host.validate(config)

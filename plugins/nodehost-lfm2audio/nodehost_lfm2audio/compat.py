@@ -34,7 +34,7 @@ def patch_conformer_math() -> None:
     from liquid_audio.model.conformer import encoder
 
     if not hasattr(encoder, "math"):
-        encoder.math = math  # type: ignore[attr-defined]
+        encoder.math = math
 
 
 def build_detokenizer(processor: Any, device: Any) -> Any:

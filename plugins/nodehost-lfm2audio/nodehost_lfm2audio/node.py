@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost.checkpoints import resolve_checkpoint
@@ -91,7 +92,27 @@ class _Detokenizer:
         return np.ascontiguousarray(wave.float().cpu().numpy(), dtype=np.float32)
 
 
-class LFM2Audio(nodehost.Node):
+class LFM2AudioParams(BaseModel):
+    """The params of LFM2Audio's manifest, typed (nodehost checks the names match)."""
+
+    checkpoint: str = 'LiquidAI/LFM2-Audio-1.5B'
+    hf_cache: str | None = None
+    device: str = 'cpu'
+    dtype: Literal['float32', 'bfloat16', 'float16'] = 'float32'
+    mode: Literal['interleaved', 'sequential'] = 'interleaved'
+    system_prompt: str = 'Respond with interleaved text and audio.'
+    max_new_tokens: int = 512
+    text_temperature: float = 0.0
+    text_top_k: int | None = None
+    audio_temperature: float = 1.0
+    audio_top_k: int = 4
+    chunk_frames: int = 4
+    history_turns: int = 8
+    threads: int = 2
+    seed: int | None = None
+
+
+class LFM2Audio(nodehost.Node[LFM2AudioParams]):
     def initialize(self) -> None:
         import torch
 
@@ -152,7 +173,7 @@ class LFM2Audio(nodehost.Node):
         samples = np.asarray(data.as_array(), dtype=np.float32).reshape(-1)
         if samples.size == 0:
             return None
-        rate = int(data.metadata.sample_rate or 16_000)
+        rate = int(getattr(data.metadata, "sample_rate", None) or 16_000)
         wave = torch.from_numpy(samples.copy())[None]
         chat = self._chat()
         chat.new_turn("user")

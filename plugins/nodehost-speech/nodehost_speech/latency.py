@@ -32,6 +32,7 @@ import re
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +86,28 @@ def with_live_tail(config: dict[str, Any], folder: Path, seconds: float) -> dict
     """``config`` with the WavSource file padded by ``seconds`` of silence and every WavSink
     writing into ``folder``."""
     import numpy as np
+
+    def pad(audio: Any, rate: int) -> Any:
+        return np.concatenate([audio, np.zeros((int(seconds * rate), audio.shape[1]),
+                                               np.float32)])
+
+    return rewrite_files(config, folder, pad, "live")
+
+
+def rewrite_files(config: dict[str, Any], folder: Path,
+                  edit: Callable[[Any, int], Any] | None, tag: str) -> dict[str, Any]:
+    """``config`` with every WavSource's file replaced by ``edit(audio, rate)`` of it (float32
+    ``(frames, channels)``; None: left as it is) and every WavSink writing into ``folder``,
+    each granted its new file."""
     import soundfile as sf
 
     for node in config["nodes"]:
         params = node.setdefault("params", {})
         grants = node.setdefault("sandbox", {})
-        if node["type"] == "WavSource":
+        if node["type"] == "WavSource" and edit is not None:
             audio, rate = sf.read(params["path"], dtype="float32", always_2d=True)
-            padded = np.concatenate([audio, np.zeros((int(seconds * rate), audio.shape[1]),
-                                                     np.float32)])
-            path = folder / f"{node['id']}_live.wav"
-            sf.write(path, padded, rate, subtype="FLOAT")
+            path = folder / f"{node['id']}_{tag}.wav"
+            sf.write(path, edit(audio, rate), rate, subtype="FLOAT")
             params["path"] = str(path)
             grants["fs_read"] = [str(path)]
         elif node["type"] == "WavSink":

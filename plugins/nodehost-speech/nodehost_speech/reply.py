@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 import nodehost
 
 
-class ReplyText(nodehost.Node):
+class ReplyTextParams(BaseModel):
+    """The params of ReplyText's manifest, typed (nodehost checks the names match)."""
+
+    template: str = 'You said: {text}'
+
+
+class ReplyText(nodehost.Node[ReplyTextParams]):
     def process(self, data: nodehost.RuntimeData, port: str) -> nodehost.RuntimeData | None:
         heard = data.as_text().strip()
         if not heard:

@@ -2,6 +2,7 @@
 
     nodehost serve manifests/voice_chat.yaml [--warm 1] &
     python -m nodehost_speech.serve_latency ws://127.0.0.1:8765/ws [--runs 5] [--json]
+                                            [--wait-warm]
 
 Each run is one reference client (``python -m nodehost.client --realtime``) streaming the
 sample utterance (``manifests/data/hello.wav``) followed by ``--tail-silence`` seconds of
@@ -77,6 +78,22 @@ def run_client(url: str, wav: Path, token: str | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
+def wait_warm(url: str, timeout: float = 300.0) -> None:
+    """Until the server's pool holds a Ready session (its /health; polled, no event)."""
+    import time
+    import urllib.request
+
+    health = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    health = health.rsplit("/ws", 1)[0] + "/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(health, timeout=30) as response:
+            if json.load(response)["idle_ready"] >= 1:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no warm session at {health} after {timeout} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nodehost_speech.serve_latency",
                                      description=__doc__.split("\n\n")[0])
@@ -85,11 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", default=str(Path.cwd() / "manifests" / "data" / "hello.wav"))
     parser.add_argument("--tail-silence", type=float, default=3.0, metavar="S")
     parser.add_argument("--token")
+    parser.add_argument("--wait-warm", action="store_true",
+                        help="before each run, wait until the server (--warm N) has a Ready "
+                             "session in its pool")
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
     wav = padded_sample(Path(args.sample), args.tail_silence, Path(tempfile.mkdtemp()))
     runs = []
     for i in range(args.runs):
+        if args.wait_warm:
+            wait_warm(args.url)
         times = client_times(run_client(args.url, wav, args.token))
         runs.append(times)
         if args.json:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_speech._audio import make_audio
@@ -63,7 +64,21 @@ def split_clauses(text: str, min_chars: int = 8) -> list[str]:
     return [p for p in pieces if p]
 
 
-class PiperTTS(nodehost.Node):
+class PiperTTSParams(BaseModel):
+    """The params of PiperTTS's manifest, typed (nodehost checks the names match)."""
+
+    length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w_scale: float | None = None
+    volume: float = 1.0
+    max_chars: int = 250
+    threads: int = 2
+    split_clauses: bool = True
+    warmup: bool = True
+    sentence_silence_ms: float = 0.0
+
+
+class PiperTTS(nodehost.Node[PiperTTSParams]):
     """One audio message per sentence (Piper synthesizes sentence by sentence), or per clause
     with ``split_clauses``, so playback downstream starts before a long reply is finished."""
 

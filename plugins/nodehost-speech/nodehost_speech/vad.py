@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost_speech._audio import frames_of, make_audio, require_format
@@ -13,7 +14,17 @@ RATE = 16000
 WINDOW = 512  # Silero v5/v6 takes exactly 32 ms windows at 16 kHz
 
 
-class SileroVAD(nodehost.Node):
+class SileroVADParams(BaseModel):
+    """The params of SileroVAD's manifest, typed (nodehost checks the names match)."""
+
+    threshold: float = 0.5
+    min_silence_ms: float = 400.0
+    min_speech_ms: float = 250.0
+    speech_pad_ms: float = 192.0
+    max_segment_s: float = 28.0
+
+
+class SileroVAD(nodehost.Node[SileroVADParams]):
     """Emits each complete speech segment, padded with ``speech_pad_ms`` on both sides, as one
     audio message.
 

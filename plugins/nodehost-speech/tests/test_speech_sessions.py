@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from speech_harness import Harness, keywords_heard, to_16k
+from speech_harness import keywords_heard, to_16k
 
 import nodehost
-from nodehost.testing import Run, chain, run, sink, source
+from nodehost.testing import NodeHarness, Run, chain, run, sink, source
 
 SENTENCE = "The quick brown fox visits the library on Tuesday."
 KEYWORDS = {"quick", "brown", "fox", "library", "tuesday"}
@@ -28,7 +28,7 @@ def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     between, and no speech at all (faint noise, then a tone)."""
     folder = tmp_path_factory.mktemp("speech")
     folder.chmod(0o755)
-    tts = Harness("nodehost_speech", "PiperTTS", noise_scale=0.0, noise_w_scale=0.0)
+    tts = NodeHarness("PiperTTS", noise_scale=0.0, noise_w_scale=0.0)
     speech = np.concatenate([to_16k(d) for d in tts.feed([nodehost.RuntimeData.text(SENTENCE)])])
     half, second = np.zeros(RATE // 2, np.float32), np.zeros(RATE, np.float32)
     noise = (0.001 * np.random.default_rng(0).standard_normal(2 * RATE)).astype(np.float32)
@@ -72,7 +72,8 @@ def test_vad_finds_each_utterance_and_nothing_in_silence(
 
 @pytest.mark.parametrize("split_clauses", [True, False])
 def test_whisper_reply_and_piper_in_their_own_processes(
-        host: Any, tmp_out: Path, wavs: dict[str, Any], make: Any, split_clauses: bool) -> None:
+        host: Any, tmp_out: Path, wavs: dict[str, Any], make_node: Any,
+        split_clauses: bool) -> None:
     out = tmp_out / "reply.wav"
     # The whole file as one message: WhisperASR takes one utterance per message.
     done = run(host, chain(
@@ -95,7 +96,7 @@ def test_whisper_reply_and_piper_in_their_own_processes(
     reply, rate = sf.read(out, dtype="float32")
     assert rate == 22050 and 1.5 < len(reply) / rate < 8
     # Listen to the reply: "you said" and the keywords come back.
-    again = make("WhisperASR").feed([nodehost.RuntimeData.audio(
+    again = make_node("WhisperASR").feed([nodehost.RuntimeData.audio(
         np.concatenate([np.zeros(8000, np.float32), to_16k_array(reply, rate)]),
         sample_rate=RATE)])
     text = again[0].as_text()

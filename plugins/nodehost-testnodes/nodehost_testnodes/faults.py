@@ -7,6 +7,10 @@ import os
 import signal
 import sys
 import time
+from typing import Literal
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 import nodehost
 from nodehost import RuntimeData
@@ -15,7 +19,18 @@ if "--import-error" in os.environ.get("NODEHOST_TEST_FAULTS", ""):
     raise ImportError("injected import failure")
 
 
-class Faulty(nodehost.Node):
+class FaultyParams(BaseModel):
+    """The params of Faulty's manifest, typed (nodehost checks the names match)."""
+
+    mode: str = 'none'
+    after: int = 0
+
+
+# FaultySource and FaultySink extend the params (Faulty[FaultySourceParams]).
+FaultyP = TypeVar("FaultyP", bound=FaultyParams, default=FaultyParams)
+
+
+class Faulty(nodehost.Node[FaultyP]):
     def initialize(self) -> None:
         self.seen = 0
         mode = self.params.mode
@@ -27,7 +42,7 @@ class Faulty(nodehost.Node):
         if mode == "import_error":
             raise ImportError("No module named 'injected_missing_dependency'")
 
-    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+    def process(self, data: RuntimeData, port: str) -> RuntimeData | None:
         if self.seen >= self.params.after:
             self.fail()
         self.seen += 1
@@ -51,7 +66,16 @@ class Faulty(nodehost.Node):
                 hog.append(bytearray(64 * 1024 * 1024))
 
 
-class MemoryHog(nodehost.Node):
+class MemoryHogParams(BaseModel):
+    """The params of MemoryHog's manifest, typed (nodehost checks the names match)."""
+
+    stage: Literal['none', 'initialize', 'process'] = 'none'
+    how: Literal['python', 'native', 'abort'] = 'python'
+    chunk_mb: int = 16
+    total_mb: int = 0
+
+
+class MemoryHog(nodehost.Node[MemoryHogParams]):
     """Allocates until the memory limit stops it, the way Python or a C library meets it."""
 
     def initialize(self) -> None:
@@ -75,6 +99,9 @@ class MemoryHog(nodehost.Node):
                 self.hog.append(bytearray(size))
                 continue
             block = malloc(size)
+            if not block and self.params.how == "abort":  # Rust's default allocation error
+                os.write(2, f"memory allocation of {size} bytes failed\n".encode())
+                os.abort()
             if not block:  # what a native library turns into its own error, like mkl_malloc
                 raise RuntimeError("hog_malloc: failed to allocate memory")
             ctypes.memset(block, 1, size)

@@ -9,11 +9,19 @@ from collections.abc import Iterator
 import numpy as np
 
 from nodehost import RuntimeData
-from nodehost_testnodes.faults import Faulty
+from nodehost_testnodes.faults import Faulty, FaultyParams
 from nodehost_testnodes.probes import fill_probe
 
 
-class FaultySource(Faulty):
+class FaultySourceParams(FaultyParams):
+    """The params of FaultySource's manifest, typed (nodehost checks the names match)."""
+
+    count: int = 100
+    payload_bytes: int = 1024
+    seed: int = 0
+
+
+class FaultySource(Faulty[FaultySourceParams]):
     """Emits ``after`` probe messages, then fails (or, with mode ``none``, emits ``count``)."""
 
     def generate(self) -> Iterator[RuntimeData]:

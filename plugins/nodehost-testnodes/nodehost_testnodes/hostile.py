@@ -12,6 +12,8 @@ import signal
 import socket
 from collections.abc import Iterator
 
+from pydantic import BaseModel
+
 import nodehost
 from nodehost import RuntimeData
 
@@ -65,7 +67,14 @@ def _attempt(attempt: str, target: str) -> str:
     raise ValueError(f"unknown attempt {attempt!r}")
 
 
-class Hostile(nodehost.Node):
+class HostileParams(BaseModel):
+    """The params of Hostile's manifest, typed (nodehost checks the names match)."""
+
+    attempt: str
+    target: str = ''
+
+
+class Hostile(nodehost.Node[HostileParams]):
     def generate(self) -> Iterator[RuntimeData]:
         try:
             outcome = "allowed: " + _attempt(self.params.attempt, self.params.target)

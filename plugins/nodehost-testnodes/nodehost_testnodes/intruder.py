@@ -20,6 +20,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from pydantic import BaseModel
+
 import nodehost
 from nodehost import RuntimeData
 
@@ -156,7 +158,16 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
     raise ValueError(f"unknown attempt {attempt!r}")
 
 
-class Intruder(nodehost.Node):
+class IntruderParams(BaseModel):
+    """The params of Intruder's manifest, typed (nodehost checks the names match)."""
+
+    attempt: str
+    target: str = ''
+    linger_s: float = 120.0
+    hold_s: float = 0.0
+
+
+class Intruder(nodehost.Node[IntruderParams]):
     def generate(self) -> Iterator[RuntimeData]:
         p = self.params
         try:

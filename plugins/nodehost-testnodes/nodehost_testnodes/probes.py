@@ -9,11 +9,13 @@ import os
 import resource
 import statistics
 import struct
+import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost import RuntimeData
@@ -29,7 +31,7 @@ def fill_value(seq: int, seed: int) -> int:
 
 def fill_probe(buf: np.ndarray, seq: int, seed: int) -> None:
     buf[HEADER:] = fill_value(seq, seed)
-    _HEAD.pack_into(buf, 0, seq, seed)
+    _HEAD.pack_into(buf.data, 0, seq, seed)
 
 
 SMALL = 64 * 1024  # payloads up to this size are checked against a cached byte pattern
@@ -48,7 +50,17 @@ def intact(body: np.ndarray, value: int) -> bool:
     return bool(np.all(body == value))
 
 
-class ProbeSource(nodehost.Node):
+class ProbeSourceParams(BaseModel):
+    """The params of ProbeSource's manifest, typed (nodehost checks the names match)."""
+
+    count: int = 100
+    payload_bytes: int = 1024
+    seed: int = 0
+    interval_ms: float = 0.0
+    zero_copy: bool = True
+
+
+class ProbeSource(nodehost.Node[ProbeSourceParams]):
     def generate(self) -> Iterator[RuntimeData]:
         p = self.params
         scratch = np.empty(p.payload_bytes, dtype=np.uint8)
@@ -63,7 +75,14 @@ class ProbeSource(nodehost.Node):
                 time.sleep(p.interval_ms / 1000)
 
 
-class Forward(nodehost.Node):
+class ForwardParams(BaseModel):
+    """The params of Forward's manifest, typed (nodehost checks the names match)."""
+
+    work_iterations: int = 0
+    work_ms: float = 0.0
+
+
+class Forward(nodehost.Node[ForwardParams]):
     def initialize(self) -> None:
         self.iterations = self.params.work_iterations or (
             int(self.params.work_ms * iterations_per_ms()) if self.params.work_ms else 0)
@@ -80,7 +99,13 @@ class AsyncForward(nodehost.Node):
         return data
 
 
-class SlowInit(Forward):
+class SlowInitParams(BaseModel):
+    """The params of SlowInit's manifest, typed (nodehost checks the names match)."""
+
+    init_s: float = 1.0
+
+
+class SlowInit(nodehost.Node[SlowInitParams]):
     def initialize(self) -> None:
         steps = 10
         for step in range(steps):
@@ -92,7 +117,42 @@ class SlowInit(Forward):
         return data
 
 
-class ProbeSink(nodehost.Node):
+class ChattyParams(BaseModel):
+    """The params of Chatty's manifest, typed (nodehost checks the names match)."""
+
+    lines: int = 1
+    crash_after: int = 0
+
+
+class Chatty(nodehost.Node[ChattyParams]):
+    """Prints ``lines`` numbered lines per message, alternately to stdout and stderr."""
+
+    def initialize(self) -> None:
+        self.seen = 0
+        self.printed = 0
+
+    def process(self, data: RuntimeData, port: str) -> RuntimeData:
+        self.seen += 1
+        for _ in range(self.params.lines):
+            self.printed += 1
+            stream = sys.stdout if self.printed % 2 else sys.stderr
+            print(f"chatty line {self.printed}", file=stream, flush=True)
+        if self.params.crash_after and self.seen >= self.params.crash_after:
+            print(f"chatty dies after {self.seen} messages", file=sys.stderr, flush=True)
+            os._exit(3)
+        return data
+
+
+class ProbeSinkParams(BaseModel):
+    """The params of ProbeSink's manifest, typed (nodehost checks the names match)."""
+
+    out_path: str
+    delay_ms: float = 0.0
+    cleanup_s: float = 0.0
+    cleanup_path: str | None = None
+
+
+class ProbeSink(nodehost.Node[ProbeSinkParams]):
     def initialize(self) -> None:
         self.count = 0
         self.expected: dict[int, int] = {}  # seed -> next sequence number
@@ -115,7 +175,7 @@ class ProbeSink(nodehost.Node):
             self.first_mono = mono_ns / 1e9
         self.last_ts = now
         self.last_mono = mono_ns / 1e9
-        seq, seed = _HEAD.unpack_from(buf)
+        seq, seed = _HEAD.unpack_from(buf.data)
         if seq != self.expected.get(seed, 0):
             self.in_order = False
         self.expected[seed] = seq + 1
@@ -148,3 +208,59 @@ class ProbeSink(nodehost.Node):
         }
         with open(self.params.out_path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh)
+
+    def cleanup(self) -> None:
+        time.sleep(self.params.cleanup_s)
+        if self.params.cleanup_path:
+            with open(self.params.cleanup_path, "w", encoding="utf-8") as fh:
+                fh.write("cleaned")
+
+
+class FileReaderParams(BaseModel):
+    """The params of FileReader's manifest, typed (nodehost checks the names match)."""
+
+    path: str
+    reader: Literal["open", "soundfile"] = "open"
+
+
+class FileReader(nodehost.Node[FileReaderParams]):
+    def generate(self) -> Iterator[RuntimeData]:
+        if self.params.reader == "soundfile":
+            import soundfile
+
+            size = len(soundfile.read(self.params.path)[0])
+        else:
+            with open(self.params.path, "rb") as fh:
+                size = len(fh.read())
+        yield RuntimeData.text(str(size))
+
+
+class ProbeMergeParams(BaseModel):
+    """The params of ProbeMerge's manifest, typed (nodehost checks the names match)."""
+
+    out_path: str
+
+
+class ProbeMerge(nodehost.Node[ProbeMergeParams]):
+    """Two inputs, each checked like ProbeSink checks its one; the summary is per port."""
+
+    def initialize(self) -> None:
+        self.ports: dict[str, dict[str, Any]] = {}
+
+    def process(self, data: RuntimeData, port: str) -> None:
+        buf = data.as_array().view(np.uint8).reshape(-1)
+        seq, seed = _HEAD.unpack_from(buf.data)
+        state = self.ports.setdefault(port, {"count": 0, "in_order": True, "intact": True,
+                                             "seeds": {}})
+        if seq != state["seeds"].get(str(seed), 0):
+            state["in_order"] = False
+        state["seeds"][str(seed)] = seq + 1
+        if buf.size > HEADER and not intact(buf[HEADER:], fill_value(seq, seed)):
+            state["intact"] = False
+        state["count"] += 1
+
+    def end_of_stream(self, port: str) -> None:
+        self.ports.setdefault(port, {"count": 0})["ended"] = True
+        if all(self.ports.get(p, {}).get("ended") for p in ("left", "right")):
+            with open(self.params.out_path, "w", encoding="utf-8") as fh:
+                json.dump(self.ports, fh)

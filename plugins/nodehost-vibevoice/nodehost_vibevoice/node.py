@@ -29,9 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 import nodehost
 from nodehost.checkpoints import resolve_checkpoint
@@ -190,7 +191,26 @@ def _read_voice(path: str) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-class VibeVoiceTTS(nodehost.Node):
+class VibeVoiceTTSParams(BaseModel):
+    """The params of VibeVoiceTTS's manifest, typed (nodehost checks the names match)."""
+
+    checkpoint: str = 'vibevoice/VibeVoice-1.5B-hf'
+    hf_cache: str | None = None
+    backend: Literal['auto', 'transformers', 'realtime'] = 'auto'
+    voice: str | None = None
+    inference_steps: int = 10
+    cfg_scale: float = 1.3
+    max_new_tokens: int = 600
+    chunk_frames: int = 2
+    sentence_buffer: bool = True
+    max_chars: int = 400
+    device: str = 'cpu'
+    dtype: Literal['float32', 'bfloat16', 'float16'] = 'bfloat16'
+    threads: int = 2
+    seed: int | None = None
+
+
+class VibeVoiceTTS(nodehost.Node[VibeVoiceTTSParams]):
     def initialize(self) -> None:
         import torch
 
