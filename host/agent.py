@@ -140,7 +140,7 @@ class Agent:
             issues = self.limits.issues(config)
             if issues:
                 raise ConfigError(issues)
-            pipeline = validate_pipeline(config, self.host.registry.node_types)
+            validate_pipeline(config, self.host.registry.node_types)
         except ConfigError as exc:
             return {"ok": False, "issues": [[i.loc, i.message] for i in exc.issues]}
         with self._lock:
@@ -151,14 +151,14 @@ class Agent:
                 zlink.coordinator_key(session_id),
                 lambda sample: self._on_coordinator(session_id, sample), history=True)
         try:
-            session = Session(self.host, pipeline, session_id=session_id)
+            session = self.host.start_session(config, session_id=session_id)
         except NodehostError as exc:
             self._forget(session_id)
             return {"ok": False, "error": str(exc)}
         with self._lock:
             if not session._finished.is_set():
                 self.sessions[session_id] = session
-        log.info("session %s: %d node(s) started", session_id, len(pipeline.nodes))
+        log.info("session %s: %d node(s) started", session_id, len(config.nodes))
         return {"ok": True}
 
     def _stop(self, fields: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from nodehost.lifecycle import (
 )
 from nodehost.manifest import NodeManifest
 from nodehost.plan import new_session_id
-from nodehost.session import _HOST_ONLY, Session, SessionResult
+from nodehost.session import _HOST_ONLY, _LIVE_SESSIONS, Session, SessionResult
 
 if TYPE_CHECKING:
     from nodehost.discovery import Registry
@@ -301,6 +301,7 @@ class _PartHost:
         self.registry = _QuietRegistry(registry)
         self.on_event = on_event
         self.stats_interval_s = host.stats_interval_s
+        self.log_dir = host.log_dir
 
     def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
                  ) -> dict[str, str]:
@@ -340,14 +341,14 @@ class DistributedSession(Session):
         self.id = new_session_id(config.name)
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._inbox: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
+        # SimpleQueue: its put() is safe in a signal handler (cancel() on Ctrl-C)
+        self._inbox: queue.SimpleQueue[tuple[str, str, dict[str, Any]]] = queue.SimpleQueue()
         self._status: dict[str, NodeProcess] = {}
         self._lock = threading.Lock()
         self._result: SessionResult | None = None
         self._finished = threading.Event()
         self._stop_requested: str | None = None
         self._ends = None  # no session inputs/outputs (refused below)
-        self._lost: set[str] = set()
         self._ready = threading.Event()
         self._ready_or_ended = threading.Event()
         if config.inputs or config.outputs:
@@ -390,10 +391,14 @@ class DistributedSession(Session):
         self._thread.start()
 
     def cancel(self, reason: str = "stopped by request", *, graceful: bool = True) -> None:
-        if not self._finished.is_set():
-            if self._stop_requested is None:
-                self._stop_requested = reason
-            self._inbox.put(("stop", "", {}))
+        """Ask every machine's part to stop; returns at once (safe in a signal handler)."""
+        if self._finished.is_set():
+            return
+        if self._stop_requested is None:
+            self._stop_requested = reason
+        if not graceful and self._local is not None:
+            self._local.cancel(reason, graceful=False)
+        self._inbox.put(("stop", "", {}))
 
     # -- public API ----------------------------------------------------------------------
     def status(self) -> dict[str, ProcessStatus]:
@@ -476,7 +481,6 @@ class DistributedSession(Session):
                     self._relay(machine, event)
                 elif kind == "lost" and self._ended.get(machine) is None:
                     self._ended[machine] = {"ok": False, "reason": "machine lost"}
-                    self._lost.add(machine)
                     reason = (f"machine {machine!r} disappeared: its agent stopped "
                               "answering (killed, or the network to it was cut)")
                     self._emit("machine_lost", machine=machine, reason=reason)
@@ -512,8 +516,8 @@ class DistributedSession(Session):
         return node, node_type, machine, reason
 
     def _stop_parts(self, reason: str) -> None:
-        if self._local is not None and not self._local._finished.is_set():
-            threading.Thread(target=self._local.stop, args=(reason,), daemon=True).start()
+        if self._local is not None:
+            self._local.cancel(reason)
         for machine, agent in self._agents.items():
             if self.__dict__.get("_ended", {}).get(machine) is not None:
                 continue
@@ -523,16 +527,11 @@ class DistributedSession(Session):
                 log.info("%s", exc)
 
     def _close_agents(self) -> None:
-        for machine, agent in self._agents.items():
-            if machine in self._lost:
-                # Closing a session whose link is dead waits for Zenoh's reconnection
-                # attempt (seconds): the result need not wait for that. Our callbacks go
-                # first, though (none may run once the interpreter exits), and the thread
-                # is not a daemon (the interpreter must not exit inside close()).
-                agent.undeclare()
-                threading.Thread(target=agent.close, name=f"close-{machine}").start()
-            else:
-                agent.close()
+        # Synchronous, even for a lost machine (whose close waits out Zenoh's reconnection
+        # attempt, seconds): no Zenoh thread may still hold our callbacks when the
+        # interpreter exits, or it aborts the process. `machine_lost` was reported already.
+        for agent in self._agents.values():
+            agent.close()
 
     def _finish_with(self, failure: tuple[str | None, str | None, str | None, str] | None
                      ) -> None:
@@ -551,6 +550,7 @@ class DistributedSession(Session):
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    failed_machine=result.failed_machine, duration_s=round(duration, 6))
         self.host._forget(self)
+        _LIVE_SESSIONS.discard(self)
         self._ready_or_ended.set()
         self._finished.set()
 

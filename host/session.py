@@ -759,8 +759,8 @@ class Host:
                  ) -> ValidatedPipeline:
         return validate_pipeline(load_config(config), self.registry.node_types)
 
-    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
-                      ) -> Session:
+    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig, *,
+                      session_id: str | None = None) -> Session:
         """Validate ``config``, start its session and return it once every node process is
         spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
         self._check_open()
@@ -772,7 +772,7 @@ class Host:
             session = remote.DistributedSession(self, parsed)
         else:
             session = Session(self, validate_pipeline(parsed, self.registry.node_types),
-                              _owner=_HOST_ONLY)
+                              session_id=session_id, _owner=_HOST_ONLY)
         with self._lock:
             closed = self.state is not HostState.OPEN
             if not closed:
