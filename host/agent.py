@@ -41,7 +41,7 @@ from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session
 
 log = logging.getLogger("nodehost.agent")
-DEFAULT_LISTEN = "tcp/0.0.0.0:7447"
+DEFAULT_LISTEN = "tcp/127.0.0.1:7447"  # loopback unless told: --listen tcp/0.0.0.0:7447
 
 
 @dataclass(frozen=True)
