@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodehost import bridge, zlink
@@ -142,12 +143,12 @@ def relocate(issues: list[Issue], part: Part) -> list[Issue]:
     """A part's ``nodes[k]`` locations, as the user's config numbers them."""
     out = []
     for issue in issues:
-        match = re.match(r"^nodes\[(\d+)\]", issue.loc)
-        index = int(match[1]) if match else None
-        if index is not None and index < len(part.origin) and part.origin[index] is not None:
-            loc = f"nodes[{part.origin[index]}]{issue.loc[match.end():]}"  # type: ignore[union-attr]
-        else:
-            loc = issue.loc
+        loc = issue.loc
+        match = re.match(r"^nodes\[(\d+)\]", loc)
+        if match and int(match[1]) < len(part.origin):
+            origin = part.origin[int(match[1])]
+            if origin is not None:
+                loc = f"nodes[{origin}]{loc[match.end():]}"
         out.append(Issue(loc, f"on machine {part.machine!r}: {issue.message}"))
     return out
 
@@ -254,7 +255,8 @@ def node_types_for(config: PipelineConfig, registry: Registry,
     return types
 
 
-def validate_placed(config: str | Any, registry: Registry, *,
+def validate_placed(config: str | Path | Mapping[str, Any] | PipelineConfig,
+                    registry: Registry, *,
                     probe_timeout: float = PROBE_TIMEOUT_S) -> tuple[ValidatedPipeline,
                                                                      list[str]]:
     """``nodehost validate`` for a pipeline with placements: the placements themselves, and
@@ -349,6 +351,7 @@ class DistributedSession(Session):
         self._finished = threading.Event()
         self._stop_requested: str | None = None
         self._ends = None  # no session inputs/outputs (refused below)
+        self._ended: dict[str, dict[str, Any] | None] = {}  # machine → its part's end
         self._ready = threading.Event()
         self._ready_or_ended = threading.Event()
         if config.inputs or config.outputs:
@@ -362,7 +365,7 @@ class DistributedSession(Session):
             self.pipeline = validate_pipeline(
                 config, node_types_for(config, registry, self._agents))
             self.parts = split(self.pipeline, self.id)
-            self._ended: dict[str, dict[str, Any] | None] = dict.fromkeys(self.parts)
+            self._ended.update(dict.fromkeys(self.parts))
             for agent in self._agents.values():
                 agent.watch(self.id, self._on_remote_event, self._on_lost)
             for machine, part in self.parts.items():
@@ -519,7 +522,7 @@ class DistributedSession(Session):
         if self._local is not None:
             self._local.cancel(reason)
         for machine, agent in self._agents.items():
-            if self.__dict__.get("_ended", {}).get(machine) is not None:
+            if self._ended.get(machine) is not None:
                 continue
             try:
                 agent.request("stop", timeout=2.0, session=self.id, reason=reason)
