@@ -41,7 +41,7 @@ from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session
 
 log = logging.getLogger("nodehost.agent")
-DEFAULT_LISTEN = "tcp/0.0.0.0:7447"
+DEFAULT_LISTEN = "tcp/127.0.0.1:7447"  # loopback unless told: --listen tcp/0.0.0.0:7447
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Agent:
         with self._lock:
             if not session._finished.is_set():
                 self.sessions[session_id] = session
-        log.info("session %s: %d node(s) started", session_id, len(pipeline.nodes))
+        log.info("session %s: %d node(s) started", session_id, len(config.nodes))
         return {"ok": True}
 
     def _stop(self, fields: dict[str, Any]) -> dict[str, Any]:

@@ -765,8 +765,8 @@ class Host:
                  ) -> ValidatedPipeline:
         return validate_pipeline(load_config(config), self.registry.node_types)
 
-    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
-                      ) -> Session:
+    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig, *,
+                      session_id: str | None = None) -> Session:
         """Validate ``config``, start its session and return it once every node process is
         spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
         self._check_open()
