@@ -41,7 +41,7 @@ from nodehost.errors import ConfigError, Issue, NodehostError
 from nodehost.session import Host, Session
 
 log = logging.getLogger("nodehost.agent")
-DEFAULT_LISTEN = "tcp/0.0.0.0:7447"
+DEFAULT_LISTEN = "tcp/127.0.0.1:7447"  # loopback unless told: --listen tcp/0.0.0.0:7447
 
 
 @dataclass(frozen=True)
@@ -151,14 +151,14 @@ class Agent:
                 zlink.coordinator_key(session_id),
                 lambda sample: self._on_coordinator(session_id, sample), history=True)
         try:
-            session = Session(self.host, pipeline, session_id=session_id)
+            session = self.host.start_validated(pipeline, session_id=session_id)
         except NodehostError as exc:
             self._forget(session_id)
             return {"ok": False, "error": str(exc)}
         with self._lock:
             if not session._finished.is_set():
                 self.sessions[session_id] = session
-        log.info("session %s: %d node(s) started", session_id, len(pipeline.nodes))
+        log.info("session %s: %d node(s) started", session_id, len(config.nodes))
         return {"ok": True}
 
     def _stop(self, fields: dict[str, Any]) -> dict[str, Any]:

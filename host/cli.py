@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nodehost.runview import run_pipeline
 
     return run_pipeline(args.config, events=args.events, log_dir=args.log_dir,
-                        overrides=args.set or ())
+                        overrides=args.set or (), metrics_port=args.metrics_port)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -215,6 +215,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return main_serve(args)
 
 
+def add_metrics_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", metavar="P", type=int,
+                   help="serve Prometheus metrics on http://127.0.0.1:P/metrics (needs the "
+                        "nodehost-prometheus plugin; 0: any free port)")
+
+
 def add_serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve a pipeline to WebSocket clients and a browser page, "
                                      "one session per client")
@@ -232,6 +238,7 @@ def add_serve_parser(sub: Any) -> None:
                         "default: $NODEHOST_SERVE_TOKEN")
     p.add_argument("--max-frame-bytes", type=int, default=4 * 1024 * 1024, metavar="B",
                    help="largest binary frame a client may send (default 4 MiB)")
+    add_metrics_port(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -325,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "node logs, errors and the summary (default otherwise)")
     p.add_argument("--log-dir", metavar="DIR",
                    help="write every node's output lines and log records to DIR/<node>.log")
+    add_metrics_port(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("graph", help="draw a pipeline: Mermaid, Graphviz DOT, SVG or PNG")

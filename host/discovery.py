@@ -245,7 +245,8 @@ class Registry:
         if unknown:
             pm.unregister(plugin)
             self._fail(name, f"implements unknown hook(s) {', '.join(unknown)}; known hooks: "
-                             "nodehost_node_manifests, nodehost_session_event", entry_point)
+                             "nodehost_node_manifests, nodehost_session_event, "
+                             "nodehost_metrics_exporter", entry_point)
             return
         info = PluginInfo(name, version, entry_point, sorted(hc.name for hc in callers))
         self.plugins[key] = info

@@ -27,3 +27,11 @@ def nodehost_session_event(event: dict[str, Any]) -> None:
 
     An exception raised here is logged and never breaks the host or the session.
     """
+
+
+@hookspec(firstresult=True)
+def nodehost_metrics_exporter(port: int) -> Any:
+    """Start serving this host's metrics over HTTP on 127.0.0.1:``port`` (``nodehost run
+    --metrics-port``). Return an object with a ``close()`` method that stops it, or None when
+    this plugin exports no metrics. The first plugin that returns an exporter wins.
+    """

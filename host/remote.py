@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodehost import bridge, zlink
@@ -45,7 +46,7 @@ from nodehost.lifecycle import (
 )
 from nodehost.manifest import NodeManifest
 from nodehost.plan import new_session_id
-from nodehost.session import _HOST_ONLY, Session, SessionResult
+from nodehost.session import _HOST_ONLY, _LIVE_SESSIONS, Session, SessionResult
 
 if TYPE_CHECKING:
     from nodehost.discovery import Registry
@@ -142,12 +143,12 @@ def relocate(issues: list[Issue], part: Part) -> list[Issue]:
     """A part's ``nodes[k]`` locations, as the user's config numbers them."""
     out = []
     for issue in issues:
-        match = re.match(r"^nodes\[(\d+)\]", issue.loc)
-        index = int(match[1]) if match else None
-        if index is not None and index < len(part.origin) and part.origin[index] is not None:
-            loc = f"nodes[{part.origin[index]}]{issue.loc[match.end():]}"  # type: ignore[union-attr]
-        else:
-            loc = issue.loc
+        loc = issue.loc
+        match = re.match(r"^nodes\[(\d+)\]", loc)
+        if match and int(match[1]) < len(part.origin):
+            origin = part.origin[int(match[1])]
+            if origin is not None:
+                loc = f"nodes[{origin}]{loc[match.end():]}"
         out.append(Issue(loc, f"on machine {part.machine!r}: {issue.message}"))
     return out
 
@@ -212,7 +213,16 @@ class AgentClient:
         self._watch = self.zenoh.liveliness().declare_subscriber(
             zlink.agent_key(self.machine), presence, history=True)
 
+    def undeclare(self) -> None:
+        """Drop our subscriptions and token: no callback of ours runs after this."""
+        for entity in (self._events, self._watch, self._presence):
+            if entity is not None:
+                with contextlib.suppress(Exception):
+                    entity.undeclare()
+        self._events = self._watch = self._presence = None
+
     def close(self) -> None:
+        self.undeclare()
         with contextlib.suppress(Exception):
             self.zenoh.close()
 
@@ -245,7 +255,8 @@ def node_types_for(config: PipelineConfig, registry: Registry,
     return types
 
 
-def validate_placed(config: str | Any, registry: Registry, *,
+def validate_placed(config: str | Path | Mapping[str, Any] | PipelineConfig,
+                    registry: Registry, *,
                     probe_timeout: float = PROBE_TIMEOUT_S) -> tuple[ValidatedPipeline,
                                                                      list[str]]:
     """``nodehost validate`` for a pipeline with placements: the placements themselves, and
@@ -292,6 +303,7 @@ class _PartHost:
         self.registry = _QuietRegistry(registry)
         self.on_event = on_event
         self.stats_interval_s = host.stats_interval_s
+        self.log_dir = host.log_dir  # Session writes node output there (run --log-dir)
 
     def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
                  ) -> dict[str, str]:
@@ -331,13 +343,15 @@ class DistributedSession(Session):
         self.id = new_session_id(config.name)
         self.started_at = time.time()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._inbox: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue()
+        # SimpleQueue: its put() is safe in a signal handler (cancel() on Ctrl-C)
+        self._inbox: queue.SimpleQueue[tuple[str, str, dict[str, Any]]] = queue.SimpleQueue()
         self._status: dict[str, NodeProcess] = {}
         self._lock = threading.Lock()
         self._result: SessionResult | None = None
         self._finished = threading.Event()
         self._stop_requested: str | None = None
         self._ends = None  # no session inputs/outputs (refused below)
+        self._ended: dict[str, dict[str, Any] | None] = {}  # machine → its part's end
         self._ready = threading.Event()
         self._ready_or_ended = threading.Event()
         if config.inputs or config.outputs:
@@ -351,7 +365,7 @@ class DistributedSession(Session):
             self.pipeline = validate_pipeline(
                 config, node_types_for(config, registry, self._agents))
             self.parts = split(self.pipeline, self.id)
-            self._ended: dict[str, dict[str, Any] | None] = dict.fromkeys(self.parts)
+            self._ended.update(dict.fromkeys(self.parts))
             for agent in self._agents.values():
                 agent.watch(self.id, self._on_remote_event, self._on_lost)
             for machine, part in self.parts.items():
@@ -380,10 +394,14 @@ class DistributedSession(Session):
         self._thread.start()
 
     def cancel(self, reason: str = "stopped by request", *, graceful: bool = True) -> None:
-        if not self._finished.is_set():
-            if self._stop_requested is None:
-                self._stop_requested = reason
-            self._inbox.put(("stop", "", {}))
+        """Ask every machine's part to stop; returns at once (safe in a signal handler)."""
+        if self._finished.is_set():
+            return
+        if self._stop_requested is None:
+            self._stop_requested = reason
+        if not graceful and self._local is not None:
+            self._local.cancel(reason, graceful=False)
+        self._inbox.put(("stop", "", {}))
 
     # -- public API ----------------------------------------------------------------------
     def status(self) -> dict[str, ProcessStatus]:
@@ -466,10 +484,11 @@ class DistributedSession(Session):
                     self._relay(machine, event)
                 elif kind == "lost" and self._ended.get(machine) is None:
                     self._ended[machine] = {"ok": False, "reason": "machine lost"}
+                    reason = (f"machine {machine!r} disappeared: its agent stopped "
+                              "answering (killed, or the network to it was cut)")
+                    self._emit("machine_lost", machine=machine, reason=reason)
                     if failure is None:
-                        failure = (None, None, machine,
-                                   f"machine {machine!r} disappeared: its agent stopped "
-                                   "answering (killed, or the network to it was cut)")
+                        failure = (None, None, machine, reason)
                 if (failure is not None or self._stop_requested is not None) and \
                         deadline is None:
                     reason = failure[3] if failure else str(self._stop_requested)
@@ -500,10 +519,10 @@ class DistributedSession(Session):
         return node, node_type, machine, reason
 
     def _stop_parts(self, reason: str) -> None:
-        if self._local is not None and not self._local._finished.is_set():
-            threading.Thread(target=self._local.stop, args=(reason,), daemon=True).start()
+        if self._local is not None:
+            self._local.cancel(reason)
         for machine, agent in self._agents.items():
-            if self.__dict__.get("_ended", {}).get(machine) is not None:
+            if self._ended.get(machine) is not None:
                 continue
             try:
                 agent.request("stop", timeout=2.0, session=self.id, reason=reason)
@@ -511,6 +530,9 @@ class DistributedSession(Session):
                 log.info("%s", exc)
 
     def _close_agents(self) -> None:
+        # Synchronous, even for a lost machine (whose close waits out Zenoh's reconnection
+        # attempt, seconds): no Zenoh thread may still hold our callbacks when the
+        # interpreter exits, or it aborts the process. `machine_lost` was reported already.
         for agent in self._agents.values():
             agent.close()
 
@@ -531,6 +553,7 @@ class DistributedSession(Session):
                    failed_node=result.failed_node, failed_node_type=result.failed_node_type,
                    failed_machine=result.failed_machine, duration_s=round(duration, 6))
         self.host._forget(self)
+        _LIVE_SESSIONS.discard(self)
         self._ready_or_ended.set()
         self._finished.set()
 

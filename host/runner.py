@@ -369,6 +369,9 @@ class NodeIO:
 
     def loan(self, port: str | None, kind: str, *args: Any, **kwargs: Any) -> Any:
         self.count_output()
+        # A source that only loans yields nothing to produce()'s loop: look at control and
+        # stats here too (poll() costs a clock read until they are due).
+        self.runner.poll()
         return getattr(self.writer(port), f"loan_{kind}")(*args, **kwargs)
 
     def deliver(self, value: Any) -> None:

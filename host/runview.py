@@ -296,16 +296,21 @@ def _drop_outputs(session: Session) -> None:
 
 
 def run_pipeline(config: str | Path, events: str | None = None,
-                 log_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> int:
+                 log_dir: str | Path | None = None, overrides: Sequence[str] = (),
+                 metrics_port: int | None = None) -> int:
     mode = events or ("live" if sys.stdout.isatty() else "quiet")
     timeline = Timeline()
     session: Session | None = None
+    exporter: Any = None
     with StopSignals() as signals:
         try:
             from nodehost.session import Host
 
             host = Host(log_dir=log_dir)
             signals.attach(host)
+            if metrics_port is not None:  # `--metrics-port`: served until the session ended
+                exporter = host.start_metrics(metrics_port)
+                print(f"metrics: {exporter.url}", file=sys.stderr, flush=True)
             target: str | Path | PipelineConfig = config
             if overrides:  # `--set node.param=value`
                 from nodehost.config import apply_overrides, load_config
@@ -339,6 +344,9 @@ def run_pipeline(config: str | Path, events: str | None = None,
         except HostClosed:  # a signal closed the host before the session was started
             if signals.received is None:
                 raise
+        finally:
+            if exporter is not None:
+                exporter.close()
         if signals.received is not None:
             return signals.exit(session)
     assert session is not None

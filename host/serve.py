@@ -8,7 +8,7 @@ transport is only an input and an output of the session (as in pipecat): binary 
 ``Session.asend``, ``Session.aoutputs`` goes back as binary frames, session events go out as
 JSON. The protocol is in ``docs/serve.md``; its frame layout in ``nodehost.serve_protocol``.
 
-Blocking calls (starting and stopping sessions, an end of stream waiting for room) run in
+Blocking calls (starting and stopping sessions) run in
 threads of their own (``off_loop``), never in the loop's few default workers, which sessions
 that wait on one another could all hold.
 
@@ -78,6 +78,7 @@ class ServeOptions:
     max_sessions: int | None = None
     token: str | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME
+    metrics_port: int | None = None  # Prometheus metrics on 127.0.0.1 (nodehost-prometheus)
 
     def check(self) -> None:
         if self.warm < 0:
@@ -462,8 +463,8 @@ class Connection:
             raise ProtocolError(f"input {name!r}: {exc}", proto.CLOSE_POLICY) from exc
 
     async def _close_input(self, name: str) -> None:
-        try:  # in a thread: the end of stream waits for room in the channel like data does
-            await off_loop(self.session.close_input, name)
+        try:  # the end of stream waits for room in the channel like data does
+            await self.session.aclose_input(name)
         except SessionEnded:
             await asyncio.Event().wait()
 
@@ -606,8 +607,12 @@ def serve(config: str | Path, options: ServeOptions) -> int:
     # drain on send (the sans-I/O one buffers without limit): it is how a slow reader holds
     # its session back instead of growing this process. It warns that it is deprecated.
     warnings.filterwarnings("ignore", message="The `websockets` implementation is deprecated")
-    with Host() as host:
+    with Host() as host, contextlib.ExitStack() as stack:
         pipeline = host.validate(config)
+        if options.metrics_port is not None:
+            exporter = stack.enter_context(contextlib.closing(
+                host.start_metrics(options.metrics_port)))
+            print(f"metrics: {exporter.url}", file=sys.stderr, flush=True)
         app = build_app(lambda: SessionPool(host, pipeline, options), options)
         server = _Server(uvicorn.Config(
             app, host=options.host, port=options.port, ws="websockets",
@@ -625,7 +630,8 @@ def main_serve(args: Any) -> int:
     options = ServeOptions(host=args.host, port=args.port, warm=args.warm,
                            max_sessions=args.max_sessions,
                            token=args.token or os.environ.get("NODEHOST_SERVE_TOKEN") or None,
-                           max_frame_bytes=args.max_frame_bytes)
+                           max_frame_bytes=args.max_frame_bytes,
+                           metrics_port=getattr(args, "metrics_port", None))
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     try:

@@ -39,7 +39,7 @@ from nodehost import protocol, stats
 from nodehost.config import PipelineConfig, ValidatedPipeline, load_config, validate_pipeline
 from nodehost.discovery import Registry, discover
 from nodehost.endpoints import SessionIO, open_ends
-from nodehost.errors import HostClosed, IllegalTransition, SessionError
+from nodehost.errors import HostClosed, IllegalTransition, NodehostError, SessionError
 from nodehost.lifecycle import (
     NodeProcess,
     ProcessChannelBinding,
@@ -544,6 +544,12 @@ class Session(SessionIO):
             tb = message.get("traceback")
             if tb:
                 log.info("%s traceback:\n%s", child.label, tb)
+            if self._failure is None and self._stop_requested is not None \
+                    and child.process.status == S.STOPPING:
+                # Interrupted by the stop we asked for (e.g. SIGTERM inside initialize()):
+                # a consequence of the stop, not a failure of the node.
+                log.info("%s after the stop: %s", child.label, reason)
+                return
             self._set_status(child, S.ERROR, error=reason, memory=memory)
             self._fail(child, reason, child.error_kind or "exception")
         elif kind == Kind.LOG:
@@ -759,20 +765,27 @@ class Host:
                  ) -> ValidatedPipeline:
         return validate_pipeline(load_config(config), self.registry.node_types)
 
-    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
-                      ) -> Session:
+    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig, *,
+                      session_id: str | None = None) -> Session:
         """Validate ``config``, start its session and return it once every node process is
         spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
         self._check_open()
         parsed = load_config(config)
-        session: Session
         from nodehost import remote
 
         if remote.placed(parsed):  # nodes on other machines: see nodehost.remote
-            session = remote.DistributedSession(self, parsed)
-        else:
-            session = Session(self, validate_pipeline(parsed, self.registry.node_types),
-                              _owner=_HOST_ONLY)
+            return self._own(remote.DistributedSession(self, parsed))
+        return self.start_validated(validate_pipeline(parsed, self.registry.node_types))
+
+    def start_validated(self, pipeline: ValidatedPipeline, *, session_id: str | None = None
+                        ) -> Session:
+        """``start_session`` for a pipeline validated already, under a given session id
+        (``nodehost agent`` runs its part of a distributed session under the caller's)."""
+        self._check_open()
+        return self._own(Session(self, pipeline, session_id=session_id, _owner=_HOST_ONLY))
+
+    def _own(self, session: Session) -> Session:
+        """Register ``session``, then start it: its end always finds it registered."""
         with self._lock:
             closed = self.state is not HostState.OPEN
             if not closed:
@@ -794,6 +807,19 @@ class Host:
             return session.wait(timeout)
         finally:
             session.stop()
+
+    def start_metrics(self, port: int) -> Any:
+        """Serve this host's metrics on http://127.0.0.1:``port``/metrics through the
+        installed metrics plugin; returns the exporter (``close()`` stops it)."""
+        try:
+            exporter = self.registry.plugin_manager.hook.nodehost_metrics_exporter(port=port)
+        except OSError as exc:
+            raise NodehostError(f"cannot serve metrics on 127.0.0.1:{port}: "
+                                f"{exc.strerror or exc}") from exc
+        if exporter is None:
+            raise NodehostError("serving metrics needs a metrics plugin: pip install "
+                                "nodehost-prometheus (plugins/nodehost-prometheus here)")
+        return exporter
 
     def sessions(self) -> list[Session]:
         with self._lock:

@@ -125,7 +125,8 @@ BROKEN = [
                   "the hookimpl but can not be found in the hookspec"], set(), id="bad-hook"),
     pytest.param("unknown-hook", "nodehost-fixture-unknown-hook",
                  ["implements unknown hook(s) nodehost_frobnicate; known hooks: "
-                  "nodehost_node_manifests, nodehost_session_event"], set(), id="unknown-hook"),
+                  "nodehost_node_manifests, nodehost_session_event, "
+                  "nodehost_metrics_exporter"], set(), id="unknown-hook"),
     pytest.param("bad-manifest", "nodehost-fixture-bad-manifest",
                  ["invalid manifest #0 (FixtureBroken): version: 'one' is not a semantic "
                   "version (e.g. 1.0.0); entrypoint: 'not an entrypoint' is not of the form "

@@ -176,17 +176,20 @@ def test_processes_and_bindings_are_the_seed_records(host: Host, tmp_out: Path) 
 
 def test_input_age_grows_along_the_pipeline(host: Host, tmp_out: Path) -> None:
     """Forward passes its input on, so the sink's input is as old as the source's message:
-    at least Forward's processing time older than Forward's input."""
-    middle = [{"id": "fwd", "type": "Forward", "params": {"work_ms": 3.0}}]
-    config = probe_chain(tmp_out / "sum.json", count=100, middle=middle, name="age")
-    config["nodes"][0]["params"]["interval_ms"] = 10.0  # paced: no queueing in front of fwd
+    older than Forward's input by Forward's processing time (20 ms of work a message)."""
+    middle = [{"id": "fwd", "type": "Forward", "params": {"work_ms": 20.0}}]
+    config = probe_chain(tmp_out / "sum.json", count=40, middle=middle, name="age")
+    config["nodes"][0]["params"]["interval_ms"] = 60.0  # paced: no queueing in front of fwd
     session, events = collect(host, config)
     assert session.wait(TIMEOUT).ok
     nodes = stats_events(events)[-1]["nodes"]
     fwd, sink = nodes["fwd"], nodes["sink"]
     assert fwd["processing_s"]["p50"] > 0
-    assert sink["input_age_s"]["p50"] >= fwd["processing_s"]["p50"]
-    assert sink["input_age_s"]["p50"] > fwd["input_age_s"]["p50"]
+    # Each message reaches the sink after fwd finished it; the figures of the two nodes
+    # cover different intervals, hence the margin.
+    assert sink["input_age_s"]["p50"] >= 0.5 * fwd["processing_s"]["p50"]
+    assert sink["input_age_s"]["p50"] > fwd["input_age_s"]["p50"] + \
+        0.5 * fwd["processing_s"]["p50"]
     assert sink["input_age_s"]["p99"] >= sink["input_age_s"]["p50"]
 
 
