@@ -340,3 +340,22 @@ def test_live_view_shows_progress_rates_and_channels(host: Host, tmp_out: Path) 
     dropped = 600 - summary["count"]
     row = next(line for line in final.splitlines() if line.lstrip("│ ").startswith("warm.out"))
     assert "Destroyed" in row and f" {dropped} " in row
+
+
+def test_run_log_dir_writes_one_file_per_node(tmp_out: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_out / "chatty.yaml"
+    config.write_text(yaml.safe_dump(chatty_chain(tmp_out / "sum.json", 3, lines=1)))
+    log_dir = tmp_out / "logs"
+    done = subprocess.run([sys.executable, "-m", "nodehost.cli", "run", str(config),
+                           "--log-dir", str(log_dir)], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "chatty line 3" in done.stdout  # output lines are shown outside a terminal too
+    assert (log_dir / "talk.log").read_text().splitlines() == \
+        ["chatty line 1", "chatty line 2", "chatty line 3"]
+    assert {p.name for p in log_dir.iterdir()} == {"src.log", "talk.log", "sink.log"}
