@@ -43,7 +43,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -532,7 +532,10 @@ def build_app(pool_factory: Callable[[], SessionPool], options: ServeOptions) ->
     async def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
-    async def health(request: Request) -> JSONResponse:
+    async def health(request: Request) -> Response:
+        # What runs here is the operator's business: behind a token, like /ws.
+        if not authorized(options.token, request.headers, request.query_params):
+            return PlainTextResponse("missing or wrong token", status_code=401)
         return JSONResponse(state["pool"].counts(), headers={"Cache-Control": "no-store"})
 
     async def websocket(ws: WebSocket) -> None:

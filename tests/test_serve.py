@@ -141,6 +141,8 @@ def test_binds_loopback_by_default_and_checks_the_token(echo: ServeProcess) -> N
     code, _lines, stderr = run_client(echo.ws_url + "?token=nope", "--wav",
                                       str(MANIFESTS / "data" / "hello.wav"))
     assert code == 3 and "401" in stderr and "token" in stderr, stderr
+    assert get(echo, "/health")[0] == 401  # what runs here is behind the token too
+    assert get(echo, "/health?token=s3cret")[0] == 200
 
     signal_ = np.linspace(-0.5, 0.5, 1600, dtype=np.float32)
     frames = [*audio_frames("in", signal_), close_input("in")]
