@@ -13,7 +13,8 @@ Data never travels here.
     node → host   status {status, sandbox?}   a ProcessStatus value (Initializing carries
                                               the sandbox layers in force)
                   progress {fraction, message}
-                  stats {received, sent, latency_p50_us, first_output_ts}
+                  stats {received, sent, processing_s, input_age_s, busy, outputs,
+                         inputs, first_output_ts}   (docs/architecture.md)
                   log {level, message}
                   error {stage, error, traceback?, cause?, memory_used?}
                   done                the stream ended and cleanup() ran; exit 0 follows
