@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_support import MANIFESTS, ServeProcess, assert_nothing_left, stop_cleanly
+from serve_support import (
+    MANIFESTS,
+    ServeProcess,
+    assert_nothing_left,
+    gain_config,
+    stop_cleanly,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # CI installs both (.ci/run, tox.ini): there a missing one fails the test instead of skipping it
@@ -87,5 +93,32 @@ def test_page_hears_the_microphone_and_plays_the_reply(tmp_path: Path) -> None:
                                                "reply", "tts"}, nodes
         assert all(state in ("Ready", "Processing") for _, state in nodes), nodes
         assert_nothing_left({session})  # the browser left: its session is torn down
+    finally:
+        stop_cleanly(server)
+
+
+def test_autostart_without_autoplay_permission_asks_for_a_click(tmp_path: Path) -> None:
+    """A browser that plays and records audio only after a user gesture (Chromium's default
+    autoplay policy) never settles AudioContext.resume(): the page must say what to do and
+    offer Start, not hang on "Starting the microphone…"."""
+    server = ServeProcess(gain_config(tmp_path / "echo.json"), log_dir=tmp_path)
+    try:
+        with playwright.sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+                args=["--headless", "--no-sandbox", "--disable-gpu",
+                      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"])
+            try:
+                page = context.new_page()
+                page.goto(server.url + "?autostart=1")
+                page.wait_for_function("() => document.body.dataset.state === 'idle'"
+                                       " && /click/.test(document.getElementById('state')"
+                                       ".textContent)", timeout=60_000)
+                start_enabled = page.is_enabled("#start")
+            finally:
+                context.close()
+        assert start_enabled
     finally:
         stop_cleanly(server)

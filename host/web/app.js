@@ -173,12 +173,27 @@ function setTalking(on) {
   ui.talk.textContent = on ? "Listening…" : "Hold to talk";
 }
 
+// A browser that wants a click before it plays or records audio never settles resume()
+// (autostart without --autoplay-policy=no-user-gesture-required): ask for the click instead.
+function resumed(context, ms = 1500) {
+  return Promise.race([
+    context.resume().then(() => true),
+    new Promise((done) => setTimeout(() => done(context.state === "running"), ms)),
+  ]);
+}
+
 async function start() {
   ui.start.disabled = true;
   setState("connecting", "Starting the microphone…");
   try {
     ctx = new AudioContext();
-    await ctx.resume();
+    if (!(await resumed(ctx))) {
+      ctx.close();
+      ctx = null;
+      setState("idle", "This browser starts audio only after a click: press Start.");
+      ui.start.disabled = false;
+      return;
+    }
     const stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
     });
