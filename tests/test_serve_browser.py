@@ -8,6 +8,7 @@ import os
 import shutil
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,17 @@ if not os.environ.get("CI"):
 from playwright import sync_api as playwright  # noqa: E402
 
 PAGE_TIMEOUT_MS = 240_000  # anti-hang only: models load, then one utterance is answered
+
+
+def launch(pw: Any, profile: Path, *extra: str) -> Any:
+    """Headless Chromium with a fake microphone (a WAV with --use-file-for-fake-audio-capture
+    in ``extra``, else Chromium's beep) and a new empty profile; no background networking."""
+    return pw.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu",
+              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", *extra])
 
 
 def fake_microphone(path: Path, rate: int = 48000) -> Path:
@@ -53,14 +65,9 @@ def test_page_hears_the_microphone_and_plays_the_reply(tmp_path: Path) -> None:
     errors: list[str] = []
     try:
         with playwright.sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu",
-                      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                      f"--use-file-for-fake-audio-capture={mic}",
-                      "--autoplay-policy=no-user-gesture-required",
-                      "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"])
+            context = launch(pw, tmp_path / "profile",
+                             f"--use-file-for-fake-audio-capture={mic}",
+                             "--autoplay-policy=no-user-gesture-required")
             try:
                 page = context.new_page()
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -104,12 +111,7 @@ def test_autostart_without_autoplay_permission_asks_for_a_click(tmp_path: Path) 
     server = ServeProcess(gain_config(tmp_path / "echo.json"), log_dir=tmp_path)
     try:
         with playwright.sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu",
-                      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                      "--disable-background-networking", "--disable-component-update",
-                      "--disable-sync", "--no-first-run"])
+            context = launch(pw, tmp_path / "profile")
             try:
                 page = context.new_page()
                 page.goto(server.url + "?autostart=1")
