@@ -163,9 +163,11 @@ def run_once(config: str | Path | dict[str, Any]) -> tuple[dict[str, float],
     return stage_times(events), events
 
 
-def table(runs: list[dict[str, float]]) -> str:
-    lines = ["| stage | median (ms) | min | max |", "| --- | ---: | ---: | ---: |"]
-    for key, label in LABELS.items():
+def table(runs: list[dict[str, float]], labels: dict[str, str] | None = None,
+          heading: str = "stage") -> str:
+    """Median, min and max in ms of each measure ``labels`` names, as a Markdown table."""
+    lines = [f"| {heading} | median (ms) | min | max |", "| --- | ---: | ---: | ---: |"]
+    for key, label in (LABELS if labels is None else labels).items():
         values = [1000 * r[key] for r in runs]
         lines.append(f"| {label} | {statistics.median(values):.0f} | {min(values):.0f} | "
                      f"{max(values):.0f} |")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
-from nodehost_speech.latency import SPEECH_END
+from nodehost_speech.latency import SPEECH_END, table
 
 LABELS = {
     "connect_to_ready": "client connects → its session is Ready",
@@ -122,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' (warm)' if times['warm'] else ''}, end of utterance → first reply "
                   f"audio {1000 * times['total']:.0f} ms", file=sys.stderr, flush=True)
     if not args.json:
-        print("| measure | median (ms) | min | max |\n| --- | ---: | ---: | ---: |")
-        for key, label in LABELS.items():
-            values = [1000 * r[key] for r in runs]
-            print(f"| {label} | {statistics.median(values):.0f} | {min(values):.0f} | "
-                  f"{max(values):.0f} |")
+        print(table(runs, LABELS, "measure"))
     return 0
 
 
