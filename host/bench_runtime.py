@@ -101,25 +101,45 @@ def chain_latency(host: Host, tmp: Path, count: int = 400) -> dict[str, Any]:
             "p50_us": round(statistics.median(hops) * 1e6, 1) if hops else None}
 
 
+def _ready_and_teardown(host: Host, tmp: Path, name: str) -> tuple[float, float]:
+    """One session of 5 trivial nodes: (start_session → all Ready, stop → all reaped) s."""
+    out = tmp / f"{name}.json"
+    config = _chain(out, 10**9, 1024, 3, interval_ms=50.0, name=name)
+    t0 = time.monotonic()
+    session = host.start_session(config)
+    for event in session.events():
+        status = session.status()
+        if event["event"] == "status" and all(s.value in ("Ready", "Processing")
+                                              for s in status.values()):
+            break
+    ready = time.monotonic() - t0
+    t1 = time.monotonic()
+    session.stop("bench teardown")
+    return ready, time.monotonic() - t1
+
+
 def startup_teardown(host: Host, tmp: Path, rounds: int = 5) -> dict[str, Any]:
-    ready_s, teardown_s = [], []
+    """Start-up three ways, interleaved: the bench's host (its zygote warm after the first
+    round), a new host's first session (its zygote starts with it: what ``nodehost run``
+    pays) and a host that execs every node (``zygote=False``: the baseline)."""
+    from nodehost.session import Host
+
+    ready_s: list[float] = []
+    teardown_s: list[float] = []
+    cold_s: list[float] = []
+    exec_s: list[float] = []
     for i in range(rounds):
-        out = tmp / f"startup{i}.json"
-        config = _chain(out, 10**9, 1024, 3, interval_ms=50.0, name=f"startup{i}")
-        t0 = time.monotonic()
-        session = host.start_session(config)
-        for event in session.events():
-            status = session.status()
-            if event["event"] == "status" and all(s.value in ("Ready", "Processing")
-                                                  for s in status.values()):
-                break
-        ready_s.append(time.monotonic() - t0)
-        t1 = time.monotonic()
-        session.stop("bench teardown")
-        teardown_s.append(time.monotonic() - t1)
+        ready, teardown = _ready_and_teardown(host, tmp, f"startup{i}")
+        ready_s.append(ready)
+        teardown_s.append(teardown)
+        for zygote, into in ((True, cold_s), (False, exec_s)):
+            with Host(registry=host.registry, zygote=zygote) as fresh:
+                into.append(_ready_and_teardown(fresh, tmp, f"startup{i}z{zygote:d}")[0])
     return {"scenario": "5 trivial nodes: start → all Ready; stop → all reaped",
             "ready_p50_s": round(statistics.median(ready_s), 3),
-            "teardown_p50_s": round(statistics.median(teardown_s), 3)}
+            "teardown_p50_s": round(statistics.median(teardown_s), 3),
+            "ready_new_host_p50_s": round(statistics.median(cold_s), 3),
+            "ready_exec_p50_s": round(statistics.median(exec_s), 3)}
 
 
 def crash_teardown(host: Host, tmp: Path, rounds: int = 7) -> dict[str, Any]:

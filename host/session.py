@@ -21,7 +21,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from nodehost.lifecycle import (
 from nodehost.nodelog import NodeOutput
 from nodehost.plan import HostEnds, NodeLaunch, new_session_id, plan_host_ends, plan_session
 from nodehost.protocol import Cause, ExitCode, Kind, Stage
+from nodehost.spawn import NodeHandle, Zygote, ZygoteSlot, exec_node, zygote_enabled
 
 log = logging.getLogger("nodehost.session")
 
@@ -78,7 +78,7 @@ class SessionResult:
 class _Child:
     launch: NodeLaunch
     process: NodeProcess
-    popen: subprocess.Popen[bytes]
+    proc: NodeHandle
     sock: socket.socket
     pidfd: int
     tmp_dir: str
@@ -109,8 +109,7 @@ def _kill_group(child: _Child) -> None:
     """SIGKILL what the node forked (its process group, which it leads): a session owns
     those processes too, and they have no parent-death signal. Only while the node is not
     yet reaped, so its pid, the group's id, cannot belong to anyone else."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.popen.pid, signal.SIGKILL)
+    child.proc.kill_group()
 
 
 def _close_fds(*fds: int) -> None:
@@ -262,7 +261,7 @@ class Session(SessionIO):
 
     def _memory(self, child: _Child) -> int | None:
         try:
-            return int(psutil.Process(child.popen.pid).memory_info().rss)
+            return int(psutil.Process(child.proc.pid).memory_info().rss)
         except (psutil.Error, OSError):
             return None
 
@@ -350,42 +349,31 @@ class Session(SessionIO):
         whatever fails after this point, the supervisor reaps and removes what exists."""
         tmp_dir = tempfile.mkdtemp(prefix=f"nodehost-{self.id}-{launch.node_id}-")
         launch.tmp_dir = tmp_dir
-        launch.host_pid = os.getpid()
         host_end, node_end = protocol.pair()
         try:
-            popen = subprocess.Popen(
-                [python, "-m", "nodehost.runner", "--control-fd", str(node_end.fileno())],
-                pass_fds=[node_end.fileno()],
-                env=self.host.node_env(tmp_dir, launch.env),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_dir,
-                # Own process group: a Ctrl-C in the terminal reaches the host only, which
-                # then stops the nodes in order instead of every node dying mid-message.
-                process_group=0,
-            )
+            env = self.host.node_env(tmp_dir, launch.env)
+            handle: NodeHandle | None = None
+            zygote = self.host._zygote(python) if not launch.env else None
+            if zygote is not None:
+                try:
+                    handle = zygote.fork(node_end, env, tmp_dir)
+                except SessionError as exc:  # exec'd instead: slower, never weaker
+                    log.warning("node %r: the zygote cannot fork it (%s); starting it with "
+                                "%s -m nodehost.runner", launch.node_id, exc, python)
+            if handle is None:
+                handle = exec_node(python, node_end, env, tmp_dir)
         except BaseException:
             host_end.close()
             shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
         finally:
             node_end.close()
-        try:
-            pidfd = os.pidfd_open(popen.pid)
-        except BaseException:
-            popen.kill()
-            popen.wait()
-            if popen.stdout is not None:
-                popen.stdout.close()
-            host_end.close()
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            raise
-        process = NodeProcess(launch.node_id, launch.node_type, pid=popen.pid,
+        launch.host_pid = handle.parent_pid
+        process = NodeProcess(launch.node_id, launch.node_type, pid=handle.pid,
                               session_id=self.id,
                               input_channels=[p.channel for p in launch.inputs],
                               output_channels=[p.channel for p in launch.outputs])
-        child = _Child(launch, process, popen, host_end, pidfd, tmp_dir,
+        child = _Child(launch, process, handle, host_end, handle.pidfd, tmp_dir,
                        NodeOutput(launch.node_id, self.host.log_dir))
         with self._lock:
             self._map.add_process(process)
@@ -426,9 +414,9 @@ class Session(SessionIO):
         for child in self._children.values():
             sel.register(child.sock, selectors.EVENT_READ, ("control", child))
             sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
-            assert child.popen.stdout is not None
-            os.set_blocking(child.popen.stdout.fileno(), False)
-            sel.register(child.popen.stdout, selectors.EVENT_READ, ("output", child))
+            assert child.proc.stdout is not None
+            os.set_blocking(child.proc.stdout.fileno(), False)
+            sel.register(child.proc.stdout, selectors.EVENT_READ, ("output", child))
         init_deadline = time.monotonic() + self.pipeline.config.init_timeout_s
         started = False
         stop_deadline: float | None = None
@@ -567,15 +555,15 @@ class Session(SessionIO):
     def _on_output(self, sel: selectors.BaseSelector, child: _Child) -> None:
         """A node's stdout/stderr: always read (a full pipe would block the node), lines
         kept for crash reports and --log-dir, emitted as ``log`` events within a budget."""
-        assert child.popen.stdout is not None
+        assert child.proc.stdout is not None
         try:
-            chunk = os.read(child.popen.stdout.fileno(), 65536)
+            chunk = os.read(child.proc.stdout.fileno(), 65536)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
         if not chunk:
-            sel.unregister(child.popen.stdout)
+            sel.unregister(child.proc.stdout)
         for line in child.output.feed(chunk):
             self._emit("log", node=child.launch.node_id, node_type=child.launch.node_type,
                        level="OUTPUT", message=line)
@@ -585,7 +573,7 @@ class Session(SessionIO):
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
         _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
-        returncode = child.popen.wait()
+        returncode = child.proc.wait()
         child.exited = True
         child.process.exit_code = returncode
         os.close(child.pidfd)
@@ -598,7 +586,7 @@ class Session(SessionIO):
                 except BlockingIOError:
                     break
         with contextlib.suppress(KeyError, ValueError):
-            if child.popen.stdout is not None and sel.get_key(child.popen.stdout):
+            if child.proc.stdout is not None and sel.get_key(child.proc.stdout):
                 self._on_output(sel, child)
         stopping = self._failure is not None or self._stop_requested is not None
         if child.done and returncode == 0:
@@ -685,7 +673,7 @@ class Session(SessionIO):
                 with contextlib.suppress(ProcessLookupError, OSError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
                 _kill_group(child)
-                child.popen.wait()
+                child.proc.wait()
                 child.exited = True
                 with contextlib.suppress(OSError):
                     os.close(child.pidfd)
@@ -696,8 +684,8 @@ class Session(SessionIO):
         for child in self._children.values():
             child.output.close()
             child.sock.close()
-            if child.popen.stdout is not None:
-                child.popen.stdout.close()
+            if child.proc.stdout is not None:
+                child.proc.stdout.close()
             shutil.rmtree(child.tmp_dir, ignore_errors=True)
         # A killed node leaves its shared memory behind, and so can nodes that exit at the
         # same moment (each sees the other still attached): clean up after every session.
@@ -745,7 +733,7 @@ class Host:
     def __init__(self, *, plugins: tuple[object, ...] = (), registry: Registry | None = None,
                  on_event: Any = None, env_allow: Mapping[str, str] | None = None,
                  stats_interval_s: float = stats.STATS_INTERVAL_S,
-                 log_dir: str | Path | None = None) -> None:
+                 log_dir: str | Path | None = None, zygote: bool | None = None) -> None:
         self.registry = registry if registry is not None else discover(plugins=plugins)
         self.on_event = on_event
         # how often runners report and sessions emit ``stats`` events
@@ -757,6 +745,12 @@ class Host:
         self._lock = threading.Lock()
         self.state = HostState.OPEN
         self._cancel_reason = "host closed"
+        # Nodes on the host's interpreter are forked by a zygote that imported the runner's
+        # modules once (nodehost.spawn); started by the first session that needs it.
+        # None: on unless NODEHOST_ZYGOTE=0.
+        self.use_zygote = zygote_enabled(zygote)
+        self._zygote_slot = ZygoteSlot()
+        weakref.finalize(self, self._zygote_slot.close)  # a host dropped without close()
         from nodehost.channels import cleanup_dead_nodes
 
         cleanup_dead_nodes()  # reclaim what a killed host left in /dev/shm
@@ -831,6 +825,13 @@ class Host:
 
         return scrubbed_env(self._extra_env, tmp_dir=tmp_dir, node_env=node_env)
 
+    def _zygote(self, python: str) -> Zygote | None:
+        """The zygote that forks nodes running on ``python``, started on first use; None
+        when such nodes are exec'd (another interpreter, the zygote off, or it failed)."""
+        if not self.use_zygote or python != sys.executable:
+            return None
+        return self._zygote_slot.get(lambda: self.node_env(tempfile.gettempdir()))
+
     def _check_open(self) -> None:
         if self.state is not HostState.OPEN:
             raise HostClosed("Host is closed; no new sessions")
@@ -856,6 +857,7 @@ class Host:
         for session in self.sessions():
             session.wait()
         self.state = HostState.CLOSED
+        self._zygote_slot.close()
 
     def __enter__(self) -> Host:
         return self

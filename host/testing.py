@@ -210,7 +210,9 @@ def _foreign_nodes() -> bool:
     mine = {p.pid for p in psutil.Process().children(recursive=True)}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "nodehost.runner" in cmdline and proc.info["pid"] not in mine:
+        # exec'd runners, and zygotes (whose forked runners carry the zygote's cmdline)
+        if ("nodehost.runner" in cmdline or "nodehost.zygote" in cmdline) and \
+                proc.info["pid"] not in mine:
             return True
     return False
 
@@ -252,7 +254,7 @@ if importlib.util.find_spec("pytest") is not None:
     def host() -> Iterator[Any]:
         """A real Host over the installed plugins; fails the test that leaves node processes or
         shared-memory files behind."""
-        yield from _host()
+        yield from host_fixture()
 
     @pytest.fixture
     def tmp_out(tmp_path: Path) -> Path:
@@ -261,11 +263,12 @@ if importlib.util.find_spec("pytest") is not None:
         return tmp_path
 
 
-def _host() -> Iterator[Any]:
+def host_fixture(**host_args: Any) -> Iterator[Any]:
+    """The ``host`` fixture's body, for a fixture of one's own (``Host(**host_args)``)."""
     import nodehost
 
     before = shm_files()
-    with nodehost.Host() as h:
+    with nodehost.Host(**host_args) as h:
         yield h
     leftover = [p.pid for p in child_processes()]
     assert not leftover, f"node processes left running: {leftover}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from nodehost.testing import host_fixture
 
 
 def hostile(host: Any, tmp_out: Path, attempt: str, target: str = "",
@@ -63,21 +66,34 @@ def test_read_granted_path_allowed(host: Any, tmp_out: Path) -> None:
     assert outcome == f"allowed: read 20 chars of {data}"
 
 
+@pytest.fixture(params=["zygote", "exec"])
+def host(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Every denial holds for a node forked by the host's zygote and for an exec'd one."""
+    yield from host_fixture(zygote=request.param == "zygote")
+
+
+# "": the node's parent (the zygote, or the host for an exec'd node); a pid: the host itself
+HOSTS = ("", str(os.getpid()))
+
+
+@pytest.mark.parametrize("who", HOSTS)
 def test_host_environment_hidden(host: Any, tmp_out: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                 monkeypatch: pytest.MonkeyPatch, who: str) -> None:
     monkeypatch.setenv("NODEHOST_TEST_SECRET", "hunter2")
-    outcome = hostile(host, tmp_out, "read_env")
+    outcome = hostile(host, tmp_out, "read_env", who)
     assert "NODEHOST_TEST_SECRET" not in outcome
     assert outcome.startswith("denied:"), "the host's /proc/PID/environ must not be readable"
 
 
-def test_signalling_the_host_denied(host: Any, tmp_out: Path) -> None:
-    outcome = hostile(host, tmp_out, "signal_host")
+@pytest.mark.parametrize("who", HOSTS)
+def test_signalling_the_host_denied(host: Any, tmp_out: Path, who: str) -> None:
+    outcome = hostile(host, tmp_out, "signal_host", who)
     assert outcome.startswith("denied:")
 
 
-def test_ptrace_of_the_host_denied(host: Any, tmp_out: Path) -> None:
-    assert hostile(host, tmp_out, "ptrace_host").startswith("denied:")
+@pytest.mark.parametrize("who", HOSTS)
+def test_ptrace_of_the_host_denied(host: Any, tmp_out: Path, who: str) -> None:
+    assert hostile(host, tmp_out, "ptrace_host", who).startswith("denied:")
     assert os.getpid()  # the test process (the host) is still here to assert
 
 

@@ -166,18 +166,31 @@ def test_read_other_files_denied(tracked: Tracker, tmp_out: Path, path: str) -> 
     denied(text, f"read {path}", "landlock_fs (root's DAC would allow it)")
 
 
+# "parent": the node's parent process (the host's zygote, which forked it); "host": the host
+# process itself (this test process). Both must be out of a node's reach.
+HOSTS = ("parent", "host")
+
+
+def host_pid(who: str) -> str:
+    return str(os.getpid()) if who == "host" else ""
+
+
+@pytest.mark.parametrize("who", HOSTS)
 def test_host_environment_hidden(tracked: Tracker, tmp_out: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                 monkeypatch: pytest.MonkeyPatch, who: str) -> None:
     monkeypatch.setenv("NODEHOST_RELIABILITY_SECRET", "hunter2")
-    text, _ = attempt(tracked, tmp_out, "Hostile", "read_env", layers=("landlock_fs",))
+    text, _ = attempt(tracked, tmp_out, "Hostile", "read_env", host_pid(who),
+                      layers=("landlock_fs",))
     assert "NODEHOST_RELIABILITY_SECRET" not in text
-    denied(text, "read the host's environment", "scrubbed env + landlock_fs "
-                                                "(/proc/<host>/environ)")
+    denied(text, f"read the {who}'s environment", "scrubbed env + landlock_fs "
+                                                  "(/proc/<pid>/environ)")
 
 
-def test_host_memory_denied(tracked: Tracker, tmp_out: Path) -> None:
-    text, _ = attempt(tracked, tmp_out, "Intruder", "proc_mem", layers=("landlock_fs",))
-    denied(text, "open /proc/<host>/mem", "landlock_fs (/proc/self only)")
+@pytest.mark.parametrize("who", HOSTS)
+def test_host_memory_denied(tracked: Tracker, tmp_out: Path, who: str) -> None:
+    text, _ = attempt(tracked, tmp_out, "Intruder", "proc_mem", host_pid(who),
+                      layers=("landlock_fs",))
+    denied(text, f"open /proc/<{who}>/mem", "landlock_fs (/proc/self only)")
 
 
 def test_execute_code_it_wrote_denied(tracked: Tracker, tmp_out: Path) -> None:
@@ -188,16 +201,19 @@ def test_execute_code_it_wrote_denied(tracked: Tracker, tmp_out: Path) -> None:
 
 # ------------------------------------------------------------------------------ processes
 
-def test_signal_the_host_denied(tracked: Tracker, tmp_out: Path) -> None:
-    text, _ = attempt(tracked, tmp_out, "Hostile", "signal_host",
+@pytest.mark.parametrize("who", HOSTS)
+def test_signal_the_host_denied(tracked: Tracker, tmp_out: Path, who: str) -> None:
+    text, _ = attempt(tracked, tmp_out, "Hostile", "signal_host", host_pid(who),
                       layers=("landlock_scope_signal",))
-    denied(text, "SIGTERM the host", "landlock_scope_signal")
+    denied(text, f"SIGTERM the {who}", "landlock_scope_signal")
 
 
-def test_signal_the_host_process_group_denied(tracked: Tracker, tmp_out: Path) -> None:
-    text, _ = attempt(tracked, tmp_out, "Intruder", "signal_host_group",
+@pytest.mark.parametrize("who", HOSTS)
+def test_signal_the_host_process_group_denied(tracked: Tracker, tmp_out: Path,
+                                              who: str) -> None:
+    text, _ = attempt(tracked, tmp_out, "Intruder", "signal_host_group", host_pid(who),
                       layers=("landlock_scope_signal",))
-    denied(text, "SIGTERM the host's process group", "landlock_scope_signal")
+    denied(text, f"SIGTERM the {who}'s process group", "landlock_scope_signal")
 
 
 def test_signal_another_process_denied(tracked: Tracker, tmp_out: Path,
@@ -208,9 +224,11 @@ def test_signal_another_process_denied(tracked: Tracker, tmp_out: Path,
     denied(text, "SIGTERM another process of the same user", "landlock_scope_signal")
 
 
-def test_ptrace_the_host_denied(tracked: Tracker, tmp_out: Path) -> None:
-    text, _ = attempt(tracked, tmp_out, "Hostile", "ptrace_host", layers=("seccomp_ptrace",))
-    denied(text, "ptrace the host", "seccomp_ptrace")
+@pytest.mark.parametrize("who", HOSTS)
+def test_ptrace_the_host_denied(tracked: Tracker, tmp_out: Path, who: str) -> None:
+    text, _ = attempt(tracked, tmp_out, "Hostile", "ptrace_host", host_pid(who),
+                      layers=("seccomp_ptrace",))
+    denied(text, f"ptrace the {who}", "seccomp_ptrace")
 
 
 def test_ptrace_another_process_denied(tracked: Tracker, tmp_out: Path,

@@ -6,7 +6,9 @@ stopped it, followed by what stopped it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -16,6 +18,10 @@ from pydantic import BaseModel
 
 import nodehost
 from nodehost import RuntimeData
+
+
+def _host_pid(target: str) -> int:
+    return int(target) if target else os.getppid()
 
 
 def _attempt(attempt: str, target: str) -> str:
@@ -30,18 +36,20 @@ def _attempt(attempt: str, target: str) -> str:
     if attempt == "read_outside":
         with open(target, encoding="utf-8", errors="replace") as fh:
             return f"read {len(fh.read())} chars of {target}"
+    # "the host" is the parent process unless ``target`` names a pid: a node forked by the
+    # host's zygote has the zygote as its parent, and both must stay out of reach.
     if attempt == "read_env":
         secrets = {k: v for k, v in os.environ.items() if "SECRET" in k}
-        host_env = f"/proc/{os.getppid()}/environ"
+        host_env = f"/proc/{_host_pid(target)}/environ"
         with open(host_env, "rb") as fh:
             return f"own env has {sorted(secrets)}; read {len(fh.read())} bytes of {host_env}"
     if attempt == "signal_host":
-        os.kill(os.getppid(), signal.SIGTERM)
-        return f"signalled host {os.getppid()}"
+        os.kill(_host_pid(target), signal.SIGTERM)
+        return f"signalled host {_host_pid(target)}"
     if attempt == "ptrace_host":
         libc = ctypes.CDLL(None, use_errno=True)
         ptrace_attach = 16
-        if libc.ptrace(ptrace_attach, os.getppid(), None, None) != 0:
+        if libc.ptrace(ptrace_attach, _host_pid(target), None, None) != 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return "attached to the host"
     if attempt == "fork_bomb":
@@ -64,7 +72,24 @@ def _attempt(attempt: str, target: str) -> str:
             for _ in range(int(target or 4096)):
                 fh.write(block)
         return f"wrote {os.path.getsize(path) >> 20} MiB to {path}"
+    if attempt == "describe":  # not an escape: what the node's process looks like from inside
+        return json.dumps(_describe())
     raise ValueError(f"unknown attempt {attempt!r}")
+
+
+def _describe() -> dict[str, object]:
+    import sys
+
+    import numpy as np
+
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+    return {"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0),
+            "cwd": os.getcwd(), "sys_path0": sys.path[0], "env": dict(os.environ),
+            "fds": fds, "random": float(np.random.random()),
+            "tempdir": __import__("tempfile").gettempdir()}
 
 
 class HostileParams(BaseModel):

@@ -84,7 +84,7 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
         os.kill(int(target), signal.SIGTERM)
         return f"signalled {target}"
     if attempt == "signal_host_group":
-        os.killpg(os.getpgid(os.getppid()), signal.SIGTERM)
+        os.killpg(os.getpgid(int(target) if target else os.getppid()), signal.SIGTERM)
         return "signalled the host's process group"
     if attempt == "ptrace_pid":
         libc = ctypes.CDLL(None, use_errno=True)
@@ -92,7 +92,7 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return f"attached to {target}"
     if attempt == "proc_mem":
-        with open(f"/proc/{os.getppid()}/mem", "rb") as fh:
+        with open(f"/proc/{int(target) if target else os.getppid()}/mem", "rb") as fh:
             return f"opened the host's memory ({fh.name})"
     if attempt == "unix_abstract":
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

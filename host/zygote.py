@@ -1,0 +1,202 @@
+"""The zygote: a process that has imported what every node runner needs, and forks runners.
+
+Starting a node by ``python -m nodehost.runner`` costs ~0.38 s of CPU, nearly all of it
+imports (iceoryx2, numpy, pydantic and the manifest models). A session of five nodes paid that
+five times on two cores. The zygote pays it once per host: ``fork()`` gives each runner those
+modules already imported, and the runner then does exactly what an exec'd runner does — arms
+its parent-death signal, reads its launch, opens its channels, **applies its sandbox** (the
+same ``sandbox.apply``: Landlock, seccomp, rlimits, no_new_privs, capabilities dropped) and
+only then imports the node's plugin code. No plugin code is ever imported here: nothing a
+plugin does runs outside a sandbox.
+
+Host ↔ zygote protocol (a ``SOCK_SEQPACKET`` socketpair, JSON messages, fds by SCM_RIGHTS):
+
+    zygote → host  ready {pid}                  imports done
+    host → zygote  fork {id, env, cwd} + fds    [control socket's node end, output pipe]
+    zygote → host  forked {id, pid} + [pidfd]   the child runs; the pidfd is opened by its
+                                                parent, before any reap, so it is the child's
+                   failed {id, error}
+                   exit {pid, code}             the child ended (code as Popen's returncode);
+                                                its process group was SIGKILLed before the
+                                                reap, as the host does for exec'd nodes
+
+The zygote's parent-death signal is tied to the host thread that started it; each child's to
+the zygote (the runner arms it first thing). The host gone (EOF) or the zygote killed: the
+children die with it.
+
+What differs from an exec'd runner, on purpose and documented (docs/architecture.md):
+children share the zygote's address-space layout (ASLR is per zygote, not per node) and its
+``str`` hash seed. ``Host(zygote=False)`` or ``NODEHOST_ZYGOTE=0`` exec every node instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+MAX_REQUEST = 1 << 20  # one fork request: the node's environment and cwd
+# What every runner imports before its node's code: imported here once, shared by fork.
+PREIMPORT = ("numpy", "pydantic", "iceoryx2", "nodehost.manifest", "nodehost.channels",
+             "nodehost.runner", "nodehost.sandbox", "nodehost.data", "nodehost.wire",
+             "nodehost.stats", "nodehost.plan", "nodehost.protocol")
+CHILD_CONTROL_FD = 3  # where a child finds its control socket (like exec'd runners' argv)
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    raw = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [raw], fds)
+    else:
+        sock.send(raw)
+
+
+def _child(request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become a fresh runner's process, run it, never return."""
+    from nodehost import runner
+    from nodehost.protocol import ExitCode
+
+    code: int = ExitCode.RUNNER_ERROR
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        control, output = fds
+        # stdin, stdout and stderr as Popen gives an exec'd runner; the control socket at a
+        # fixed number; every other fd of the zygote closed (its socket to the host, the
+        # other children's fds it may still hold).
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(control, CHILD_CONTROL_FD)
+        os.closerange(CHILD_CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.path[0] = request["cwd"]  # as `python -m` in that directory would have it
+        import tempfile
+
+        tempfile.tempdir = None  # TMPDIR is the node's own now
+        if "numpy" in sys.modules:  # numpy's global generator is not reseeded by fork
+            sys.modules["numpy"].random.seed()
+        code = runner.main(["--control-fd", str(CHILD_CONTROL_FD)])
+    except BaseException:  # the child must never return into the zygote
+        traceback.print_exc()
+    runner.exit_now(code)
+
+
+class _Zygote:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.children: set[int] = set()
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+    def serve(self) -> None:
+        _send(self.sock, {"t": "ready", "pid": os.getpid()})
+        while True:
+            readable, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            if self.wake_r in readable:
+                while True:
+                    try:
+                        if not os.read(self.wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+            self.reap()
+            if self.sock.fileno() in readable and not self.handle_request():
+                return
+
+    def handle_request(self) -> bool:
+        try:
+            raw, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_REQUEST, 2)
+        except OSError:
+            raw, fds = b"", []
+        if not raw:
+            for fd in fds:
+                os.close(fd)
+            return False  # the host closed its end, or died
+        request_id = None
+        try:
+            request = json.loads(raw)
+            request_id = request["id"]
+            if len(fds) != 2:
+                raise ValueError(f"a fork request carries 2 fds, not {len(fds)}")
+            pid = os.fork()
+            if pid == 0:
+                self.sock.close()
+                _child(request, fds)  # never returns
+            self.children.add(pid)
+            pidfd = os.pidfd_open(pid)
+            try:
+                _send(self.sock, {"t": "forked", "id": request_id, "pid": pid}, [pidfd])
+            finally:
+                os.close(pidfd)
+        except Exception as exc:  # reported to the host; the zygote goes on
+            _send(self.sock, {"t": "failed", "id": request_id, "error": repr(exc)})
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def reap(self, block: bool = False) -> None:
+        for pid in list(self.children):
+            flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+            try:
+                if os.waitid(os.P_PID, pid, flags) is None:
+                    continue
+                # Exited but not reaped: its pid is still its group's id. What it forked
+                # goes too, as for an exec'd node (the host kills that group itself).
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                self.children.discard(pid)
+                continue
+            self.children.discard(pid)
+            with contextlib.suppress(OSError):  # the host is gone: the reap still mattered
+                _send(self.sock, {"t": "exit", "pid": pid,
+                                  "code": os.waitstatus_to_exitcode(status)})
+
+    def shut_down(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.reap(block=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from nodehost import sandbox
+
+    parser = argparse.ArgumentParser(prog="nodehost.zygote")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--host-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    sandbox.preexec(expected_parent=args.host_pid)  # die with the host
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host stops the zygote, not a Ctrl-C
+    # blocked in the host thread that started us, and kept blocked through exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    sock = socket.socket(fileno=args.fd)
+    for name in PREIMPORT:
+        __import__(name)
+    zygote = _Zygote(sock)
+    try:
+        zygote.serve()
+    finally:
+        zygote.shut_down()
+    return 0
+
+
+if __name__ == "__main__":
+    os._exit(main())
