@@ -51,6 +51,7 @@ from nodehost.session import _HOST_ONLY, _LIVE_SESSIONS, Session, SessionResult
 if TYPE_CHECKING:
     from nodehost.discovery import Registry
     from nodehost.session import Host
+    from nodehost.spawn import Zygote
 
 log = logging.getLogger("nodehost.remote")
 
@@ -308,6 +309,9 @@ class _PartHost:
     def node_env(self, tmp_dir: str, node_env: Mapping[str, str] | None = None
                  ) -> dict[str, str]:
         return self._host.node_env(tmp_dir, node_env)
+
+    def zygote_for(self, python: str) -> Zygote | None:
+        return self._host.zygote_for(python)
 
     def _forget(self, session: Session) -> None:
         pass

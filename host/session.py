@@ -353,7 +353,7 @@ class Session(SessionIO):
         try:
             env = self.host.node_env(tmp_dir, launch.env)
             handle: NodeHandle | None = None
-            zygote = self.host._zygote(python) if not launch.env else None
+            zygote = self.host.zygote_for(python) if not launch.env else None
             if zygote is not None:
                 try:
                     handle = zygote.fork(node_end, env, tmp_dir)
@@ -825,7 +825,7 @@ class Host:
 
         return scrubbed_env(self._extra_env, tmp_dir=tmp_dir, node_env=node_env)
 
-    def _zygote(self, python: str) -> Zygote | None:
+    def zygote_for(self, python: str) -> Zygote | None:
         """The zygote that forks nodes running on ``python``, started on first use; None
         when such nodes are exec'd (another interpreter, the zygote off, or it failed)."""
         if not self.use_zygote or python != sys.executable:

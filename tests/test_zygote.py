@@ -80,6 +80,8 @@ def test_a_forked_node_gets_what_an_execd_node_gets(tmp_out: Path) -> None:
         assert seen["pgid"] == seen["pid"], "a node leads its own process group"
         assert seen["cwd"] == seen["env"]["HOME"] == seen["env"]["TMPDIR"] == seen["tempdir"]
         assert seen["sys_path0"] == seen["cwd"]
+        assert set(seen["no_new_privs"].values()) == {"1"}, \
+            f"a thread runs without no_new_privs (started before the sandbox?): {seen}"
         fds = seen["fds"]
         assert fds["0"] == "/dev/null" and fds["1"] == fds["2"], fds
         assert [t for t in fds.values() if t.startswith("pipe:")] == [fds["1"]] * 2, \

@@ -86,9 +86,14 @@ def _describe() -> dict[str, object]:
     for name in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             fds[name] = os.readlink(f"/proc/self/fd/{name}")
-    return {"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0),
-            "cwd": os.getcwd(), "sys_path0": sys.path[0], "env": dict(os.environ),
-            "fds": fds, "random": float(np.random.random()),
+    no_new_privs = {}  # per thread: a thread started before the sandbox went on lacks it
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/status") as fh:
+            no_new_privs[tid] = next((line.split()[1] for line in fh
+                                      if line.startswith("NoNewPrivs:")), "?")
+    return {"pid": os.getpid(), "no_new_privs": no_new_privs, "ppid": os.getppid(),
+            "pgid": os.getpgid(0), "cwd": os.getcwd(), "sys_path0": sys.path[0],
+            "env": dict(os.environ), "fds": fds, "random": float(np.random.random()),
             "tempdir": __import__("tempfile").gettempdir()}
 
 
