@@ -87,13 +87,23 @@ def test_reference_client_gets_the_spoken_reply(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ warm pool
 
+def node_processes(pid: int) -> list[psutil.Process]:
+    """The node processes of a host process: exec'd ones are its children, forked ones the
+    children of its zygote (``python -m nodehost.zygote``)."""
+    out = []
+    for child in psutil.Process(pid).children():
+        zygote = "nodehost.zygote" in child.cmdline()
+        out += child.children() if zygote else [child]
+    return out
+
+
 def test_warm_pool_hands_out_a_ready_session_and_refills(tmp_path: Path) -> None:
     server = ServeProcess(gain_config(tmp_path / "echo.json"), "--warm", "1",
                           "--max-sessions", "3", log_dir=tmp_path)
     try:
         wait_warm(server)  # the pool fills at start
         # an idle warm session loads and waits at a lower CPU priority
-        idle = psutil.Process(server.proc.pid).children()
+        idle = node_processes(server.proc.pid)
         assert idle and all(p.nice() == 10 for p in idle), [(p.pid, p.nice()) for p in idle]
         signal_ = np.arange(3200, dtype=np.float32) / 3200
         lent_nice: list[int] = []
