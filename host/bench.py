@@ -546,10 +546,10 @@ def _table(results: list[dict[str, Any]]) -> str:
 def _sizes(value: str) -> list[int]:
     try:
         return [int(x) for x in value.split(",")]
-    except ValueError:
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a comma-separated list of byte counts (e.g. 1024,65536)"
-            ) from None
+            ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

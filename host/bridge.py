@@ -181,9 +181,9 @@ class LinkIn(Node):
         while True:
             try:
                 raw = self._queue.get(timeout=HELLO_S)
-            except queue.Empty:
+            except queue.Empty as exc:
                 if self._overflow:
-                    raise RuntimeError("link sender ignored its credit window") from None
+                    raise RuntimeError("link sender ignored its credit window") from exc
                 self._grant(expected - 1)  # hello, or a repeat of the last credit
                 continue
             header = wire.unpack_header(raw[:wire.HEADER_SIZE], len(raw) - wire.HEADER_SIZE)

@@ -111,7 +111,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             pipeline = validate_pipeline(config, registry.node_types)
     except ConfigError as exc:
-        raise ConfigError(exc.issues, source=str(args.config)) from None
+        raise ConfigError(exc.issues, source=str(args.config)) from exc
     print(f"{args.config}: valid pipeline {config.name!r}: {len(pipeline.nodes)} nodes, "
           f"{len(pipeline.connections)} connections")
     for port in (*pipeline.inputs.values(), *pipeline.outputs.values()):
@@ -175,7 +175,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     try:
         pipeline = validate_pipeline(config, _registry().node_types)
     except ConfigError as exc:
-        raise ConfigError(exc.issues, source=str(args.config)) from None
+        raise ConfigError(exc.issues, source=str(args.config)) from exc
     data = picture(pipeline, args.format, args.stats)
     if args.output is None:
         sys.stdout.buffer.write(data)
@@ -268,9 +268,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_completion(args: argparse.Namespace) -> int:
     try:
         import shtab
-    except ImportError:
+    except ImportError as exc:
         raise NodehostError("shell completion needs shtab: pip install 'nodehost[completion]'"
-                            ) from None
+                            ) from exc
     print(shtab.complete(build_parser(), shell=args.shell))
     return EXIT_OK
 

@@ -240,10 +240,10 @@ def load_document(path: str | Path) -> Any:
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path} is a directory, not a config file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     suffix = path.suffix.lower()
@@ -257,23 +257,23 @@ def load_document(path: str | Path) -> Any:
         raise ConfigError(
             Issue(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}"),
             source=source,
-        ) from None
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         # tomllib puts the position at the end of its message: "... (at line 3, column 12)"
         at = re.search(r"^(.*) \(at (line \d+, column \d+)\)$", str(exc))
         issue = Issue(at[2], f"invalid TOML: {at[1]}") if at else Issue("", f"invalid TOML: {exc}")
-        raise ConfigError(issue, source=source) from None
+        raise ConfigError(issue, source=source) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(Issue(where, f"invalid YAML: {problem}"), source=source) from None
-    except RecursionError:  # json, tomllib (and pure-Python YAML) parse nesting recursively
+        raise ConfigError(Issue(where, f"invalid YAML: {problem}"), source=source) from exc
+    except RecursionError as exc:  # json, tomllib (and pure-Python YAML) parse nesting recursively
         raise ConfigError(Issue("", "the document is nested too deeply to be a pipeline "
-                                    "config"), source=source) from None
+                                    "config"), source=source) from exc
     except ValueError as exc:  # after the decode errors above, which are ValueErrors too;
         # e.g. an integer literal longer than Python's 4300-digit conversion limit
-        raise ConfigError(Issue("", f"invalid value: {exc}"), source=source) from None
+        raise ConfigError(Issue("", f"invalid value: {exc}"), source=source) from exc
 
 
 def parse_config(data: Any, *, source: str | None = None) -> PipelineConfig:
@@ -286,7 +286,7 @@ def parse_config(data: Any, *, source: str | None = None) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(pydantic_issues(exc), source=source) from None
+        raise ConfigError(pydantic_issues(exc), source=source) from exc
 
 
 def _resolve_grants(data: Any, base: Path) -> Any:

@@ -168,7 +168,7 @@ class RuntimeData:
         except WireFormatError as exc:
             planes = " (Y plane w*h, then U and V at w/2 x h/2)" if pf.planar_420 else ""
             raise InvalidRuntimeData(f"{exc}{planes}; got a frame shaped {array.shape}") \
-                from None
+                from exc
         if array.ndim > 1 and array.shape != pf.shape(width, height):
             raise InvalidRuntimeData(f"a {width}x{height} {pf.name} frame is shaped "
                                      f"{pf.shape(width, height)}, got {array.shape}")

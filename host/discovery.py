@@ -299,9 +299,9 @@ class Registry:
     def get(self, node_type: str) -> NodeType:
         try:
             return self.node_types[node_type]
-        except KeyError:
+        except KeyError as exc:
             raise DiscoveryError(f"unknown node type {node_type!r}"
-                                 f"{unknown_type_hint(node_type, self.node_types)}") from None
+                                 f"{unknown_type_hint(node_type, self.node_types)}") from exc
 
     def notify(self, event: Mapping[str, Any]) -> None:
         """Deliver a session event to every plugin; a failing plugin is logged and skipped.

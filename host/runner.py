@@ -215,9 +215,9 @@ class Runner:
         else:
             try:
                 items = iter(value)
-            except TypeError:
+            except TypeError as exc:
                 raise TypeError(f"{self.launch.node_type} returned {type(value).__name__}; "
-                                "expected RuntimeData, an iterable of them, or None") from None
+                                "expected RuntimeData, an iterable of them, or None") from exc
             for item in items:
                 if item is not None:
                     yield self.resolve(item)
@@ -228,9 +228,9 @@ def _load_node_class(entrypoint: str) -> type[Any]:
     module = importlib.import_module(module_name)
     try:
         cls: type[Any] = getattr(module, class_name)
-    except AttributeError:
+    except AttributeError as exc:
         raise ImportError(f"module {module_name!r} has no attribute {class_name!r} "
-                          f"(manifest entrypoint {entrypoint!r})") from None
+                          f"(manifest entrypoint {entrypoint!r})") from exc
     return cls
 
 
@@ -353,9 +353,9 @@ class NodeIO:
             port = self.only_output
         try:
             return self.writers[port]
-        except KeyError:
+        except KeyError as exc:
             raise KeyError(f"no output port {port!r} (outputs: "
-                           f"{', '.join(self.writers) or 'none'})") from None
+                           f"{', '.join(self.writers) or 'none'})") from exc
 
     def emit(self, port: str | None, data: Any) -> None:
         self.writer(port).send(data)

@@ -78,8 +78,8 @@ def split(frame: bytes) -> tuple[str, memoryview]:
         raise FrameError("non-zero padding after the stream name")
     try:
         name = frame[1:1 + length].decode("utf-8")
-    except UnicodeDecodeError:
-        raise FrameError("stream name is not UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise FrameError("stream name is not UTF-8") from exc
     return name, memoryview(frame)[size:]
 
 

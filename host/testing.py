@@ -76,9 +76,9 @@ def load_manifest(node_type: str, package: str | None = None) -> NodeManifest:
     if package is None:
         try:
             return _installed_manifests()[node_type]
-        except KeyError:
+        except KeyError as exc:
             raise LookupError(f"no installed plugin provides node type {node_type!r}; "
-                              "`nodehost nodes` lists them") from None
+                              "`nodehost nodes` lists them") from exc
     for path in manifests_in(package):
         manifest, _source = _as_manifest(path)
         if manifest.node_type == node_type:

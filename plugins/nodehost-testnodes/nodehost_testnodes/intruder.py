@@ -78,7 +78,7 @@ def _attempt(attempt: str, target: str, linger_s: float) -> str:
         try:
             resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY,) * 2)
         except ValueError as exc:  # CPython's way of saying EPERM for setrlimit
-            raise PermissionError(1, str(exc)) from None
+            raise PermissionError(1, str(exc)) from exc
         return "raised RLIMIT_DATA to unlimited"
     if attempt == "signal_pid":
         os.kill(int(target), signal.SIGTERM)
