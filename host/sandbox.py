@@ -277,15 +277,16 @@ def probe() -> KernelSupport:
 # --- parent death -----------------------------------------------------------------------------
 
 
-def preexec(expected_parent: int | None = None) -> None:
+def preexec(expected_parent: int | None = None, death_signal: int = signal.SIGKILL) -> None:
     """Arm SIGKILL-on-parent-death and leave the host's session; call first in the child.
 
     Usable as ``preexec_fn`` (``functools.partial(preexec, os.getpid())``) or as the runner's
     first statement. The parent-death signal fires when the *thread* that forked the child
     exits, so the host must spawn from a thread that lives as long as the child should.
     ``expected_parent`` closes the race where the host died before the signal was armed.
+    ``death_signal``: the zygote asks for SIGTERM, to clean up after its nodes before it goes.
     """
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, death_signal)
     # A process group of its own: the terminal's Ctrl-C reaches only the host, which stops
     # nodes in order, and the host can kill a node's whole group. Popen(process_group=0) or
     # start_new_session=True may have done it already (setsid would then fail with EPERM).

@@ -20,9 +20,12 @@ Host ↔ zygote protocol (a ``SOCK_SEQPACKET`` socketpair, JSON messages, fds by
                                                 its process group was SIGKILLed before the
                                                 reap, as the host does for exec'd nodes
 
-The zygote's parent-death signal is tied to the host thread that started it; each child's to
-the zygote (the runner arms it first thing). The host gone (EOF) or the zygote killed: the
-children die with it.
+The zygote's parent-death signal (SIGTERM) is tied to the host thread that started it; each
+child's (SIGKILL) to the zygote (the runner arms it first thing). When the host goes — closed
+(EOF on the socket) or killed (the signal) — the zygote SIGKILLs the process group of every
+node it still has (what the nodes forked, which has no parent-death signal of its own), reaps
+them and removes their temp dirs, which a SIGKILLed host cannot do itself. A SIGKILLed
+zygote takes its nodes with it (their own signal), not what they forked.
 
 What differs from an exec'd runner, on purpose and documented (docs/architecture.md):
 children share the zygote's address-space layout (ASLR is per zygote, not per node) and its
@@ -95,7 +98,10 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
 class _Zygote:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.children: set[int] = set()
+        self.children: dict[int, str] = {}  # pid -> the node's temp dir (its cwd)
+        # Every temp dir a node was forked into: the host removes each when its session
+        # ends; if the host dies first, shut_down() does (a node may exit on its own first).
+        self.dirs: set[str] = set()
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -135,7 +141,8 @@ class _Zygote:
             if pid == 0:
                 self.sock.close()
                 _child(request, fds)  # never returns
-            self.children.add(pid)
+            self.children[pid] = request["cwd"]
+            self._remember(request["cwd"])
             pidfd = os.pidfd_open(pid)
             try:
                 _send(self.sock, {"t": "forked", "id": request_id, "pid": pid}, [pidfd])
@@ -147,6 +154,11 @@ class _Zygote:
             for fd in fds:
                 os.close(fd)
         return True
+
+    def _remember(self, tmp_dir: str) -> None:
+        if len(self.dirs) >= 256:  # a long-lived host: forget the dirs already removed
+            self.dirs = {d for d in self.dirs if os.path.exists(d)}
+        self.dirs.add(tmp_dir)
 
     def reap(self, block: bool = False) -> None:
         for pid in list(self.children):
@@ -160,18 +172,32 @@ class _Zygote:
                     os.killpg(pid, signal.SIGKILL)
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
-                self.children.discard(pid)
+                self.children.pop(pid, None)
                 continue
-            self.children.discard(pid)
+            self.children.pop(pid, None)
             with contextlib.suppress(OSError):  # the host is gone: the reap still mattered
                 _send(self.sock, {"t": "exit", "pid": pid,
                                   "code": os.waitstatus_to_exitcode(status)})
 
     def shut_down(self) -> None:
+        """The host is gone: end every node still here, with whatever it forked (not yet
+        reaped, a node's pid is still its group's id), and remove the nodes' temp dirs (after
+        a clean ``Host.close()`` their sessions removed them already)."""
+        import shutil
+
         for pid in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.reap(block=True)
+        for tmp_dir in self.dirs:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up must not be cut short
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,16 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--host-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    sandbox.preexec(expected_parent=args.host_pid)  # die with the host
+    # SIGTERM when the host dies: shut_down() below ends the nodes and what they forked
+    signal.signal(signal.SIGTERM, _terminated)
+    sandbox.preexec(expected_parent=args.host_pid, death_signal=signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host stops the zygote, not a Ctrl-C
     # blocked in the host thread that started us, and kept blocked through exec
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     sock = socket.socket(fileno=args.fd)
-    for name in PREIMPORT:
-        __import__(name)
     zygote = _Zygote(sock)
     try:
+        for name in PREIMPORT:
+            __import__(name)
         zygote.serve()
+    except SystemExit:
+        pass
     finally:
         zygote.shut_down()
     return 0

@@ -155,29 +155,34 @@ def wait_dead(pids: Iterable[int], timeout: float = DEATH_TIMEOUT_S) -> set[int]
         time.sleep(0.02)
 
 
-def _tmpdir_of(pid: int) -> str | None:
+def _dirs_of(pid: int) -> list[str]:
+    """Where a process says it lives: the TMPDIR it was exec'd with and its working
+    directory. A node forked by the zygote took its TMPDIR after exec (so /proc/PID/environ
+    still shows the zygote's); its cwd, and its children's, is the node's temp dir."""
+    dirs = []
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
             env = fh.read()
     except OSError:
-        return None
+        env = b""
     for item in env.split(b"\0"):
         if item.startswith(b"TMPDIR="):
-            return item[7:].decode(errors="replace")
-    return None
+            dirs.append(item[7:].decode(errors="replace"))
+    with contextlib.suppress(OSError):
+        dirs.append(os.readlink(f"/proc/{pid}/cwd"))
+    return dirs
 
 
 def session_processes(session_ids: Iterable[str]) -> set[int]:
     """Live processes that belong to these sessions: the nodes and whatever they forked
-    (found by the node temp dir in their environment, wherever they were reparented)."""
+    (found by the node temp dir in their environment or as their working directory,
+    wherever they were reparented)."""
     markers = [f"/nodehost-{sid}-" for sid in session_ids]
     if not markers:
         return set()
     found = set()
     for pid in psutil.pids():
-        tmpdir = _tmpdir_of(pid)
-        if tmpdir and "/nodehost-" in tmpdir and any(m in tmpdir for m in markers) \
-                and alive(pid):
+        if any(m in d for d in _dirs_of(pid) for m in markers) and alive(pid):
             found.add(pid)
     return found
 
