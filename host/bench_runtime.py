@@ -266,6 +266,8 @@ TARGETS: list[tuple[str, str, float, bool, str]] = [
     ("chain_throughput", "msgs_per_s", 40_000, True, "3-node chain 1 KiB msgs/s"),
     ("chain_latency", "p50_us", 60, False, "per-hop p50 incl. runner (paced), us"),
     ("startup_teardown", "ready_p50_s", 0.5, False, "5 nodes start → all Ready, s"),
+    ("startup_teardown", "ready_new_host_p50_s", 0.5, False,
+     "5 nodes start → all Ready on a new host (zygote starting too), s"),
     ("startup_teardown", "teardown_p50_s", 0.3, False, "stop → all reaped, s"),
     ("crash_teardown", "p50_ms", 50, False, "crash → session torn down, ms"),
     ("parallel_branches", "speedup", 1.8, True, "2 CPU-bound branches ÷ 2 threads"),
