@@ -360,6 +360,11 @@ class Session(SessionIO):
                 except SessionError as exc:  # exec'd instead: slower, never weaker
                     log.warning("node %r: the zygote cannot fork it (%s); starting it with "
                                 "%s -m nodehost.runner", launch.node_id, exc, python)
+                    # a fresh socket: the old node end went to the zygote, which may
+                    # still hold it
+                    host_end.close()
+                    node_end.close()
+                    host_end, node_end = protocol.pair()
             if handle is None:
                 handle = exec_node(python, node_end, env, tmp_dir)
         except BaseException:
@@ -614,6 +619,8 @@ class Session(SessionIO):
                 cause, kind = "exited before its stream ended", "exit"
             else:
                 cause = describe_exit(returncode)
+                if child.proc.lost:
+                    cause += f" with the host's zygote ({child.proc.lost})"
                 kind = "signal" if returncode < 0 else "exit"
                 if tail:
                     cause += "; its last output:\n" + "\n".join(

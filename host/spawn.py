@@ -39,6 +39,7 @@ __all__ = ["ExecHandle", "ForkedHandle", "NodeHandle", "Zygote", "ZygoteSlot", "
 
 ZYGOTE_ENV = "NODEHOST_ZYGOTE"  # "0": exec every node (Host(zygote=...) wins over it)
 FORK_TIMEOUT_S = 60.0  # the first fork waits for the zygote's imports (a loaded machine)
+ZYGOTE_MODULE = "nodehost.zygote"
 
 
 def zygote_enabled(requested: bool | None) -> bool:
@@ -54,6 +55,7 @@ class NodeHandle(Protocol):
     pidfd: int
     stdout: IO[bytes]
     parent_pid: int  # the process the runner must find as its parent (launch.host_pid)
+    lost: str | None  # set when the process ended with the zygote that forked it: why
 
     def wait(self) -> int:
         """Block until the process has exited and been reaped; its Popen-style returncode."""
@@ -71,6 +73,7 @@ class ExecHandle:
         assert popen.stdout is not None
         self.stdout: IO[bytes] = popen.stdout
         self.parent_pid = os.getpid()
+        self.lost: str | None = None
         try:
             self.pidfd = os.pidfd_open(popen.pid)
         except BaseException:
@@ -116,6 +119,7 @@ class ForkedHandle:
         self.stdout = stdout
         self.parent_pid = parent_pid
         self.returncode: int | None = None
+        self.lost: str | None = None
         self._exited = threading.Event()
 
     def _ended(self, code: int) -> None:
@@ -158,11 +162,13 @@ class Zygote:
         self._requests: dict[int, _Request] = {}
         self._children: dict[int, ForkedHandle] = {}
         self._early_exits: dict[int, int] = {}  # exit reports that beat their fork reply
+        self._abandoned: set[int] = set()  # forked after fork() gave up waiting: killed
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._started = threading.Event()
         self.pid = 0
         self.error: str | None = None  # why it ended, once it has
+        self.was_ready = False
         self.closed = False
         self._popen: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._own, name="nodehost-zygote", daemon=True)
@@ -177,8 +183,8 @@ class Zygote:
     def _own(self) -> None:
         try:
             self._popen = subprocess.Popen(
-                [self.python, "-m", "nodehost.zygote", "--fd", str(self._zygote_end.fileno()),
-                 "--host-pid", str(os.getpid())],
+                [self.python, "-m", ZYGOTE_MODULE, "--fd", str(self._zygote_end.fileno()),
+                 "--host-pid", str(os.getpid()), "--tmp-dir", self.tmp_dir],
                 pass_fds=[self._zygote_end.fileno()], env=self._env, cwd=self.tmp_dir,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, process_group=0)
         except OSError as exc:
@@ -210,24 +216,33 @@ class Zygote:
         kind = message.get("t")
         if kind == "ready":
             self.pid = int(message["pid"])
+            self.was_ready = True
             self._ready.set()
         elif kind in ("forked", "failed"):
             with self._lock:
                 request = self._requests.pop(message.get("id"), None)
+                if request is None and kind == "forked":
+                    self._abandoned.add(int(message["pid"]))
             if request is None:
+                # fork() gave up waiting and the node was exec'd instead: this runner must
+                # never run (it holds the same control socket)
                 for fd in fds:
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
                     os.close(fd)
             else:
                 request.reply = message
                 request.pidfd = fds[0] if fds else -1
                 request.done.set()
         elif kind == "exit":
+            pid, code = int(message["pid"]), int(message["code"])
             with self._lock:
-                child = self._children.pop(message["pid"], None)
-                if child is None:
-                    self._early_exits[message["pid"]] = int(message["code"])
+                child = self._children.pop(pid, None)
+                if child is None and pid not in self._abandoned:
+                    self._early_exits[pid] = code
+                self._abandoned.discard(pid)
             if child is not None:
-                child._ended(int(message["code"]))
+                child._ended(code)
         return True
 
     def _end(self) -> None:
@@ -239,7 +254,11 @@ class Zygote:
             children, self._children = self._children, {}
         for request in requests.values():
             request.done.set()
+        if children and not self.closed:
+            log.warning("%s while %d node(s) it forked ran: they ended with it", self.error,
+                        len(children))
         for child in children.values():
+            child.lost = self.error or "the zygote ended"
             child._ended(-signal.SIGKILL)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
@@ -267,10 +286,17 @@ class Zygote:
             raise SessionError(f"the zygote is gone ({exc})") from exc
         finally:
             os.close(write_end)
-        if not request.done.wait(FORK_TIMEOUT_S) or request.reply.get("t") != "forked":
+        if not request.done.wait(FORK_TIMEOUT_S):
+            with self._lock:
+                gave_up = self._requests.pop(request_id, None) is not None
+            if gave_up:  # a late reply is killed by _dispatch, never used
+                os.close(read_end)
+                raise SessionError(f"the zygote did not answer in {FORK_TIMEOUT_S:g} s")
+            request.done.wait()  # the reply came in just now
+        if request.reply.get("t") != "forked":
             os.close(read_end)
             raise SessionError(request.reply.get("error") or self.error or
-                               "the zygote did not answer")
+                               "the zygote ended")
         pid = int(request.reply["pid"])
         output = open(read_end, "rb", buffering=0)  # noqa: SIM115 - the session closes it
         handle = ForkedHandle(pid, request.pidfd, output, self.pid)
@@ -295,23 +321,35 @@ class Zygote:
 
 
 class ZygoteSlot:
-    """A host's zygote: started on first use, started again if it died, ended by
-    ``close()`` (the host's, or its finalizer's when a host is dropped unclosed)."""
+    """A host's zygote: started on first use, started again if it died (at most
+    ``MAX_RESTARTS`` times, and never when it did not even get ready: then every node is
+    exec'd for the rest of the host's life), ended by ``close()`` (the host's, or its
+    finalizer's when a host is dropped unclosed)."""
+
+    MAX_RESTARTS = 3
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._zygote: Zygote | None = None
         self._closed = False
+        self._restarts = 0
+        self._given_up = False
 
     def get(self, env: Callable[[], Mapping[str, str]]) -> Zygote | None:
         with self._lock:
-            if self._closed:
+            if self._closed or self._given_up:
                 return None
             zygote = self._zygote
-            if zygote is None or not zygote.alive:
-                if zygote is not None:
-                    log.warning("starting a new zygote: %s", zygote.error)
-                    zygote.close()
+            if zygote is not None and not zygote.alive:
+                zygote.close()
+                if not zygote.was_ready or self._restarts >= self.MAX_RESTARTS:
+                    self._given_up = True
+                    log.warning("%s; nodes are exec'd from now on", zygote.error)
+                    return None
+                self._restarts += 1
+                log.warning("starting a new zygote: %s", zygote.error)
+                zygote = None
+            if zygote is None:
                 zygote = self._zygote = Zygote(env())
             return zygote if zygote.alive else None
 

@@ -84,6 +84,7 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.path[0] = request["cwd"]  # as `python -m` in that directory would have it
+        sys.argv = [runner.__file__, "--control-fd", str(CHILD_CONTROL_FD)]
         import tempfile
 
         tempfile.tempdir = None  # TMPDIR is the node's own now
@@ -96,8 +97,9 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
 
 
 class _Zygote:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tmp_dir: str) -> None:
         self.sock = sock
+        self.tmp_dir = tmp_dir  # its own (HOME, TMPDIR, cwd): removed as it goes
         self.children: dict[int, str] = {}  # pid -> the node's temp dir (its cwd)
         # Every temp dir a node was forked into: the host removes each when its session
         # ends; if the host dies first, shut_down() does (a node may exit on its own first).
@@ -139,17 +141,27 @@ class _Zygote:
                 raise ValueError(f"a fork request carries 2 fds, not {len(fds)}")
             pid = os.fork()
             if pid == 0:
+                # nothing of other sessions' nodes stays in the child's memory
                 self.sock.close()
+                self.children.clear()
+                self.dirs.clear()
                 _child(request, fds)  # never returns
-            self.children[pid] = request["cwd"]
             self._remember(request["cwd"])
-            pidfd = os.pidfd_open(pid)
             try:
-                _send(self.sock, {"t": "forked", "id": request_id, "pid": pid}, [pidfd])
-            finally:
-                os.close(pidfd)
+                pidfd = os.pidfd_open(pid)
+                try:
+                    _send(self.sock, {"t": "forked", "id": request_id, "pid": pid}, [pidfd])
+                finally:
+                    os.close(pidfd)
+            except BaseException:
+                # forked but not handed over: it must not run (the host execs the node)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+            self.children[pid] = request["cwd"]
         except Exception as exc:  # reported to the host; the zygote goes on
-            _send(self.sock, {"t": "failed", "id": request_id, "error": repr(exc)})
+            with contextlib.suppress(OSError):
+                _send(self.sock, {"t": "failed", "id": request_id, "error": repr(exc)})
         finally:
             for fd in fds:
                 os.close(fd)
@@ -191,7 +203,7 @@ class _Zygote:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.reap(block=True)
-        for tmp_dir in self.dirs:
+        for tmp_dir in (*self.dirs, self.tmp_dir):
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
@@ -208,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nodehost.zygote")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--host-pid", type=int, required=True)
+    parser.add_argument("--tmp-dir", required=True)
     args = parser.parse_args(argv)
     # SIGTERM when the host dies: shut_down() below ends the nodes and what they forked
     signal.signal(signal.SIGTERM, _terminated)
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     # blocked in the host thread that started us, and kept blocked through exec
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     sock = socket.socket(fileno=args.fd)
-    zygote = _Zygote(sock)
+    zygote = _Zygote(sock, args.tmp_dir)
     try:
         for name in PREIMPORT:
             __import__(name)

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import yaml
 from conftest import probe_chain
-from reliability.support import IOX2_ROOT, _tmpdir_of, alive, poll_until_empty
+from reliability.support import IOX2_ROOT, alive, dirs_of, poll_until_empty
 
 NODEHOST = [sys.executable, "-m", "nodehost.cli"]
 RUN_TIMEOUT_S = 120.0  # anti-hang only
@@ -125,8 +125,7 @@ def session_leftovers(prefix: str, seen: set[int]) -> dict[str, list[Any]]:
     def processes() -> set[int]:
         found = {p for p in seen if alive(p)}
         for pid in psutil.pids():
-            tmpdir = _tmpdir_of(pid)
-            if tmpdir and f"/nodehost-{prefix}" in tmpdir and alive(pid):
+            if any(f"/nodehost-{prefix}" in d for d in dirs_of(pid)) and alive(pid):
                 found.add(pid)
         return found
 

@@ -152,7 +152,7 @@ def test_a_killed_zygote_fails_the_session_cleanly_and_is_replaced(host: Any,
     assert {psutil.Process(p).ppid() for p in pids} == {zygote}
     os.kill(zygote, signal.SIGKILL)
     result = session.wait(30)
-    assert not result.ok and "SIGKILL" in result.reason, result.reason
+    assert not result.ok and "SIGKILL with the host's zygote" in result.reason, result.reason
     assert wait_gone(pids) == [], "the zygote's nodes outlived it"
     # the next session gets a new zygote
     seen, _ = describe(host, tmp_out / "after.txt")
@@ -168,19 +168,22 @@ def test_nothing_outlives_a_sigkilled_host(tmp_out: Path) -> None:
             if event["event"] == "status" and all(
                     s.value == "Processing" for s in session.status().values()):
                 break
-        zygote = host._zygote_slot._zygote.pid
-        print(json.dumps([zygote] + [p.pid for p in session.processes().values()]), flush=True)
+        zygote = host._zygote_slot._zygote
+        print(json.dumps([zygote.tmp_dir, zygote.pid] +
+                         [p.pid for p in session.processes().values()]), flush=True)
         import time; time.sleep(600)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        pids = json.loads(proc.stdout.readline())
+        zygote_dir, *pids = json.loads(proc.stdout.readline())
         assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+        assert os.path.isdir(zygote_dir)
     finally:
         proc.kill()
         proc.wait()
     assert wait_gone(pids) == [], "the zygote or a node outlived its host"
+    assert not os.path.exists(zygote_dir), "the zygote's own temp dir outlived the host"
 
 
 def test_closing_the_host_ends_the_zygote(tmp_out: Path) -> None:
@@ -188,3 +191,42 @@ def test_closing_the_host_ends_the_zygote(tmp_out: Path) -> None:
         describe(host, tmp_out / "x.txt")
         zygote = zygote_pid(host)
     assert wait_gone([zygote], timeout=5) == []
+
+
+def test_a_fork_answered_too_late_is_killed_and_the_node_execd(
+        host: Any, tmp_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zygote stalls (a loaded machine) past the fork timeout: the node is exec'd with a
+    fresh control socket, and the runner the zygote forks later never runs."""
+    from nodehost import spawn
+
+    describe(host, tmp_out / "warm.txt")  # the zygote is up
+    zygote = zygote_pid(host)
+    monkeypatch.setattr(spawn, "FORK_TIMEOUT_S", 1.0)
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        session = host.start_session(long_chain(tmp_out / "late.json"))  # 2 forks time out
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    pids = running(session)
+    assert {psutil.Process(p).ppid() for p in pids} == {os.getpid()}, "not exec'd"
+    # the late replies' runners are killed at once: the zygote is left with no child
+    deadline = time.monotonic() + 10
+    while psutil.Process(zygote).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psutil.Process(zygote).children() == []
+    session.stop()
+    assert session.result is not None and session.result.reason == "stopped by request"
+
+
+def test_a_zygote_that_cannot_start_is_given_up_once(
+        tmp_out: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nodehost import spawn
+
+    monkeypatch.setattr(spawn, "ZYGOTE_MODULE", "nodehost.no_such_zygote")
+    with nodehost.Host() as host:
+        for name in ("one", "two"):
+            seen, _ = describe(host, tmp_out / f"{name}.txt")
+            assert seen["ppid"] == os.getpid(), "exec'd when the zygote cannot start"
+    given_up = [r for r in caplog.records if "exec'd from now on" in r.getMessage()]
+    assert len(given_up) == 1, [r.getMessage() for r in caplog.records]

@@ -155,7 +155,7 @@ def wait_dead(pids: Iterable[int], timeout: float = DEATH_TIMEOUT_S) -> set[int]
         time.sleep(0.02)
 
 
-def _dirs_of(pid: int) -> list[str]:
+def dirs_of(pid: int) -> list[str]:
     """Where a process says it lives: the TMPDIR it was exec'd with and its working
     directory. A node forked by the zygote took its TMPDIR after exec (so /proc/PID/environ
     still shows the zygote's); its cwd, and its children's, is the node's temp dir."""
@@ -182,7 +182,7 @@ def session_processes(session_ids: Iterable[str]) -> set[int]:
         return set()
     found = set()
     for pid in psutil.pids():
-        if any(m in d for d in _dirs_of(pid) for m in markers) and alive(pid):
+        if any(m in d for d in dirs_of(pid) for m in markers) and alive(pid):
             found.add(pid)
     return found
 
