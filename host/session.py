@@ -5,8 +5,10 @@ waits on events only (pidfds for process exits, the control sockets, the nodes' 
 wake-up pipe for ``stop()``) with the nearest deadline as the timeout — never a
 sleep-and-poll loop — and when anything fails it stops every process (graceful, then
 forced), reaps them, releases their shared memory and reports which node failed and why.
-The supervisor thread is also the thread that spawns the children: their parent-death
-signal is tied to it, and it lives until every child is reaped.
+The supervisor thread is also the thread that spawns the children it execs: their
+parent-death signal is tied to it, and it lives until every child is reaped. Children the
+host's zygote forks (``nodehost.spawn``) are the zygote's; the session watches them the same
+way (pidfd, control socket, output pipe) and gets their exit codes from the zygote.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ __all__ = ["ExecHandle", "ForkedHandle", "NodeHandle", "Zygote", "ZygoteSlot", "
 ZYGOTE_ENV = "NODEHOST_ZYGOTE"  # "0": exec every node (Host(zygote=...) wins over it)
 FORK_TIMEOUT_S = 60.0  # the first fork waits for the zygote's imports (a loaded machine)
 ZYGOTE_MODULE = "nodehost.zygote"
+ZYGOTE_EXIT_S = 10.0  # after EOF, the zygote kills and reaps its nodes: then SIGKILL
 
 
 def zygote_enabled(requested: bool | None) -> bool:
@@ -198,9 +199,15 @@ class Zygote:
         try:
             while self._dispatch():
                 pass
+        except (ValueError, KeyError, TypeError) as exc:  # it is our code: a bug, said so
+            self.error = f"the zygote sent a message the host cannot read: {exc!r}"
         finally:
-            self._sock.close()
-            code = self._popen.wait()
+            self._sock.close()  # EOF: a zygote still running ends its nodes and exits
+            try:
+                code = self._popen.wait(ZYGOTE_EXIT_S)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                code = self._popen.wait()
             if self.error is None and not self.closed:
                 self.error = f"the zygote ended (exit code {code})"
             self._end()
