@@ -62,6 +62,7 @@ EVENT_ACK = 0            # N/ack
 
 ACK_OPEN, ACK_CLOSED = 1, 2
 _FOREVER = 365 * 24 * 3600.0
+_DROPPED: Any = None  # what a frame's local that must not outlive the call is set to
 
 iox2.set_log_level(iox2.LogLevel.Error)
 
@@ -594,6 +595,10 @@ class ChannelWriter:
                     self.on_blocked()
         finally:
             self.blocked_ns += time.monotonic_ns() - started
+            # An exception raised here keeps this frame in its traceback: drop the WaitSet
+            # and its guards (which keep the ports, and with them the iceoryx2 node, alive)
+            # so a caller that keeps the exception does not keep the channel's memory.
+            waitset = guards = ids = fds = _DROPPED
 
     # -- sending -------------------------------------------------------------------------
     def _loan(self, nbytes: int, timeout: float | None = None) -> Any:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import ipaddress
 import json
@@ -195,11 +194,6 @@ class Lease:
         result = await off_loop(self.session.stop, reason)
         if self._pump is not None:
             await off_loop(self._pump.join)
-        # A send that was blocked when its client left ends in an exception whose traceback
-        # (a reference cycle) still holds the session's iceoryx2 ports, and with them the
-        # host's iceoryx2 node of that session: collect it now, not at some later GC pass,
-        # so a long-running server leaves nothing behind per session.
-        gc.collect()
         return result
 
 
