@@ -54,6 +54,7 @@ LOANS = 2                # samples a writer may have loaned (being filled) at on
 MAX_READERS = MAX_FAN_OUT  # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
+_MAX_HEADER_VIEWS = 4096  # > the slots of any data segment (readers × (DEPTH + BORROW) + LOANS)
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
 EVENT_DATA = 0           # N/wake: a message was sent
@@ -419,8 +420,11 @@ class ChannelWriter:
         self._ack_listener = plane._event_service(f"{name}/ack").listener_builder().create()
         self._ack_sub = plane._ack_service(name).subscriber_builder().buffer_size(2).create()
         self._dyn = self.service.dynamic_config
-        self._hdr = (ctypes.c_char * wire.HEADER_SIZE)()
-        self._hdr_addr = ctypes.addressof(self._hdr)
+        # A writable view of the header bytes of every slot of the publisher's data segment
+        # seen so far, by address: the header is packed in place (no staging buffer and no
+        # ctypes memmove per message). Static allocation: the segment is never re-mapped
+        # while the publisher lives, and the views are dropped with it (_release).
+        self._header_views: dict[int, memoryview] = {}
         self._waitset: tuple[Any, list[Any]] | None = None
         self._readers: dict[int, int] = {}           # token -> last seq it has taken
         self._reader_drops: dict[int, int] = {}
@@ -542,7 +546,25 @@ class ChannelWriter:
             return False
         return not self.backpressure or self._credit(nbytes)
 
-    def _reserve(self, nbytes: int, timeout: float | None) -> None:
+    def _loan(self, nbytes: int, timeout: float | None = None) -> Any:
+        """Reserve credit for a ``nbytes`` message (waiting for it with backpressure), then
+        loan a sample for it."""
+        if self.closed or self.eos_sent or nbytes > self.capacity:
+            self._refuse(nbytes)
+        if self.backpressure and not self._credit(nbytes):
+            self._block(lambda: self._credit(nbytes), "readers to take messages", timeout)
+        self._reserved += 1
+        self._reserved_bytes += nbytes
+        try:
+            return self._loan_native(wire.HEADER_SIZE + nbytes)
+        except Exception as exc:
+            self._unreserve(nbytes)
+            raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
+                               f"shared memory ({exc!r}); at most {LOANS} loans at once"
+                               ) from exc
+
+    def _refuse(self, nbytes: int) -> None:
+        """Raise why nothing (or not ``nbytes``) can be sent."""
         if self.closed or self.eos_sent:
             raise ChannelClosed(f"channel {self.name!r}: "
                                 f"{'closed' if self.closed else 'end of stream already sent'}")
@@ -551,10 +573,6 @@ class ChannelWriter:
             raise ChannelError(f"a {nbytes}-byte payload does not fit channel {self.name!r} "
                                f"(capacity {self.capacity} bytes); raise the connection's "
                                f"capacity to {need}")
-        if self.backpressure and not self._credit(nbytes):
-            self._block(lambda: self._credit(nbytes), "readers to take messages", timeout)
-        self._reserved += 1
-        self._reserved_bytes += nbytes
 
     def _unreserve(self, nbytes: int) -> None:
         self._reserved -= 1
@@ -596,21 +614,22 @@ class ChannelWriter:
             self.blocked_ns += time.monotonic_ns() - started
 
     # -- sending -------------------------------------------------------------------------
-    def _loan(self, nbytes: int, timeout: float | None = None) -> Any:
-        self._reserve(nbytes, timeout)
-        try:
-            return self._loan_native(wire.HEADER_SIZE + nbytes)
-        except Exception as exc:
-            self._unreserve(nbytes)
-            raise ChannelError(f"channel {self.name!r}: cannot loan {nbytes} bytes of "
-                               f"shared memory ({exc!r}); at most {LOANS} loans at once"
-                               ) from exc
+    def _header_view(self, ptr: int) -> memoryview:
+        """The writable header bytes of the loaned sample at ``ptr`` (see __init__)."""
+        view = self._header_views.get(ptr)
+        if view is None:
+            if len(self._header_views) >= _MAX_HEADER_VIEWS:
+                self._header_views.clear()
+            view = self._header_views[ptr] = memoryview(
+                (ctypes.c_ubyte * wire.HEADER_SIZE).from_address(ptr)).cast("B")
+        return view
 
     def _send_sample(self, sample: Any, kind: int, nbytes: int,
                      fields: tuple[Any, ...], origin_ns: int = 0) -> None:
         """Stamp the header into a loaned sample and publish it (the reservation becomes an
         in-flight message)."""
-        self._unreserve(nbytes)
+        self._reserved -= 1
+        self._reserved_bytes -= nbytes
         seq = self.seq + 1
         inflight = self._inflight
         flags = 0
@@ -621,9 +640,8 @@ class ChannelWriter:
                 flags = wire.FLAG_ACK
         if kind == wire.EOS:
             flags = wire.FLAG_ACK
-        wire.pack_header_into(self._hdr, kind, flags, nbytes, monotonic_stamp(), seq,
-                              self.session_id, fields, origin_ns)
-        ctypes.memmove(sample.payload_ptr, self._hdr_addr, wire.HEADER_SIZE)
+        wire.pack_header_into(self._header_view(sample.payload_ptr), kind, flags, nbytes,
+                              monotonic_stamp(), seq, self.session_id, fields, origin_ns)
         self.seq = seq
         if _ASSUME_INIT(sample).send() == 0:
             self.unreached += 1
@@ -722,6 +740,7 @@ class ChannelWriter:
     def _release(self) -> None:
         self.closed = True
         self._waitset = None
+        self._header_views.clear()
         for port in (self._ack_sub, self._ack_listener, self._notifier, self._publisher):
             port.delete()
         # the port factories keep the services (and their files) alive
@@ -817,55 +836,57 @@ class ChannelReader:
             return None
         sample = self._sub.receive()
         if sample is None:
-            self._flush_ack()
+            if self._ack_pending:
+                self._send_ack()
             return None
         ptr = sample.payload_ptr
-        total = sample.header.number_of_elements
+        available = sample.header.number_of_elements - wire.HEADER_SIZE
+        last_seq = self._last_seq
         try:
-            if total < wire.HEADER_SIZE:
+            if available < 0:
                 raise WireFormatError(f"invalid RuntimeData header: truncated message of "
-                                      f"{total} bytes")
-            header = wire.unpack_header(ctypes.string_at(ptr, wire.HEADER_SIZE),
-                                        total - wire.HEADER_SIZE)
-            self._check_order(header)
+                                      f"{available + wire.HEADER_SIZE} bytes")
+            # The header is copied out of shared memory before it is checked: the writer
+            # could still change the sample's bytes.
+            header = wire.unpack_header(ctypes.string_at(ptr, wire.HEADER_SIZE), available)
+            kind, flags, size, timestamp_ns, seq = header[:5]
+            if seq <= last_seq or timestamp_ns <= self._last_ts:
+                self._out_of_order(seq, timestamp_ns)
         except WireFormatError:
             sample.delete()
             self.rejected += 1
             raise
-        if header.flags & wire.FLAG_ACK:
+        if seq != last_seq + 1 and (last_seq or self._from_start):
+            self.dropped += seq - last_seq - 1
+        self._last_seq = seq
+        self._last_ts = timestamp_ns
+        if flags & wire.FLAG_ACK:
             self._ack_pending += 1
-            if header.kind == wire.EOS or self._ack_pending >= self._ack_every or \
+            if kind == wire.EOS or self._ack_pending >= self._ack_every or \
                     not self._sub.has_samples():
                 self._send_ack()
-        if header.kind == wire.EOS:
+        if kind == wire.EOS:
             sample.delete()
             self.eos = True
             return None
         self.received += 1
         if self._borrowed < BORROW - 1:
             self._borrowed += 1
-            hold = SampleHold(sample, ptr + wire.HEADER_SIZE, header.payload_size,
-                              self._released)
-            return RuntimeData.from_header(header, hold)
+            return RuntimeData.from_header(
+                header, SampleHold(sample, ptr + wire.HEADER_SIZE, size, self._released))
         # The node holds BORROW samples already: keep the channel moving with one copy.
-        array = copy_out(ptr + wire.HEADER_SIZE, header.payload_size, header.kind,
-                         header.meta)
+        array = copy_out(ptr + wire.HEADER_SIZE, size, kind, header.meta)
         sample.delete()
         self.copied += 1
         return RuntimeData.from_header(header, None, array)
 
-    def _check_order(self, header: wire.Header) -> None:
-        if header.seq <= self._last_seq:
-            raise WireFormatError(f"channel {self.name!r}: sequence {header.seq} after "
+    def _out_of_order(self, seq: int, timestamp_ns: int) -> None:
+        """Raise for a message that is not after the previous one (replayed or corrupted)."""
+        if seq <= self._last_seq:
+            raise WireFormatError(f"channel {self.name!r}: sequence {seq} after "
                                   f"{self._last_seq} (replayed or corrupted message)")
-        if header.timestamp_ns <= self._last_ts:
-            raise WireFormatError(f"channel {self.name!r}: timestamp {header.timestamp_ns} "
-                                  f"not after {self._last_ts} (timestamps must strictly "
-                                  "increase)")
-        if (self._last_seq or self._from_start) and header.seq > self._last_seq + 1:
-            self.dropped += header.seq - self._last_seq - 1
-        self._last_seq = header.seq
-        self._last_ts = header.timestamp_ns
+        raise WireFormatError(f"channel {self.name!r}: timestamp {timestamp_ns} not after "
+                              f"{self._last_ts} (timestamps must strictly increase)")
 
     def close(self) -> None:
         """Leave the channel. Received arrays that are still alive stay valid (their
