@@ -256,12 +256,21 @@ class DataPlane:
         """
         self._check_open()
         ready = [r for r in readers if r.has_data()]
+        if not ready:
+            # About to sleep: flush acks, and consume the wake-ups delivered so far (for
+            # messages taken since, or a roll call) so that the WaitSet sleeps until a new
+            # one. Consuming them here, not after waking, keeps reading the listener (a few
+            # µs) off the path from a writer's notify to its message being taken. A message
+            # whose wake-up was consumed here is seen by the has_data() check that follows;
+            # one sent after that check notifies again and wakes the WaitSet.
+            for reader in readers:
+                reader._flush_ack()
+                reader._consume_wakeups()
+            ready = [r for r in readers if r.has_data()]
         if ready:
             # Keep control messages flowing while data never stops: a cheap zero-wait poll.
             ready_fds = select.select(fds, [], [], 0)[0] if fds else []
             return ready, list(ready_fds)
-        for reader in readers:
-            reader._flush_ack()
         key = (*(id(r) for r in readers), -1, *fds)
         cached = self._waitsets.get(key)
         if cached is None:
@@ -273,10 +282,7 @@ class DataPlane:
         if self._shut_down:
             raise ChannelClosed("data plane shut down")
         fired_fds = [fd for fd, guard in zip(fds, guards[len(readers):], strict=False)
-                     if any(i.has_event_from(guard) for i in ids)]
-        for reader, guard in zip(readers, guards, strict=False):
-            if any(i.has_event_from(guard) for i in ids):
-                reader._consume_wakeups()
+                     if any(i.has_event_from(guard) for i in ids)] if fds and ids else []
         return [r for r in readers if r.has_data()], fired_fds
 
     def _check_open(self) -> None:
