@@ -73,6 +73,8 @@ _LOAN_SLICE: Any = getattr(iox2.Publisher, "__loan_slice_uninit",
                            iox2.Publisher.loan_slice_uninit)
 _ASSUME_INIT: Any = getattr(iox2.SampleMutUninit, "__assume_init",
                             iox2.SampleMutUninit.assume_init)
+# (send_copy checks an ack's type four ways each time: acks are copied in with these instead)
+_LOAN_UNINIT: Any = getattr(iox2.Publisher, "__loan_uninit", iox2.Publisher.loan_uninit)
 
 
 class _Ack(ctypes.Structure):
@@ -81,6 +83,9 @@ class _Ack(ctypes.Structure):
     _fields_ = [("token", ctypes.c_uint64), ("last_seq", ctypes.c_uint64),
                 ("dropped", ctypes.c_uint64), ("state", ctypes.c_uint32),
                 ("reserved", ctypes.c_uint32)]
+
+
+_ACK_SIZE = ctypes.sizeof(_Ack)
 
 
 def _duration(seconds: float) -> Any:
@@ -500,7 +505,7 @@ class ChannelWriter:
         """Take in every reader's acks and retire what all of them have taken."""
         readers = self._readers
         while (sample := self._ack_sub.receive()) is not None:
-            ack = sample.payload().contents
+            ack = _Ack.from_address(sample.payload_ptr)
             token, last, state, dropped = ack.token, ack.last_seq, ack.state, ack.dropped
             sample.delete()
             if state == ACK_CLOSED:
@@ -769,6 +774,7 @@ class ChannelReader:
         self._ack_pub = plane._ack_service(name).publisher_builder().create()
         self._ack_notifier = plane._event_service(f"{name}/ack").notifier_builder().create()
         self._ack = _Ack(token=secrets.randbits(63) | 1, state=ACK_OPEN)
+        self._ack_addr = ctypes.addressof(self._ack)
         self._ack_pending = 0
         self._ack_every = max(1, DEPTH // 4)
         self._borrowed = 0
@@ -812,9 +818,12 @@ class ChannelReader:
 
     # -- acks ----------------------------------------------------------------------------
     def _send_ack(self) -> None:
-        self._ack.last_seq = self._last_seq
-        self._ack.dropped = self.dropped
-        self._ack_pub.send_copy(self._ack)
+        ack = self._ack
+        ack.last_seq = self._last_seq
+        ack.dropped = self.dropped
+        sample = _LOAN_UNINIT(self._ack_pub)
+        ctypes.memmove(sample.payload_ptr, self._ack_addr, _ACK_SIZE)
+        _ASSUME_INIT(sample).send()
         self._ack_notifier.notify()
         self._ack_pending = 0
 
