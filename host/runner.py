@@ -338,9 +338,10 @@ class NodeIO:
         self.writers = writers
         self.readers = readers
         self.only_output = next(iter(writers)) if len(writers) == 1 else None
-        from nodehost.data import RuntimeData
+        from nodehost.data import RuntimeData, inherited_origin
 
         self.data_type = RuntimeData
+        self.inherited_origin = inherited_origin
         # a returned RuntimeData goes straight to the only output's send (see take())
         self.send_direct = None if self.only_output is None else writers[self.only_output].send
 
@@ -399,24 +400,28 @@ class NodeIO:
         runner = self.runner
         node = runner.node
         open_ports = dict(self.readers)
-        sock_fd = runner.sock.fileno()
-        last_input = time.monotonic()
+        readers = list(open_ports.values())
+        sock_fds = [runner.sock.fileno()]
+        wait, take, monotonic = self.plane.wait, self.take, time.monotonic
+        last_input = monotonic()
         while open_ports:
             timeout = runner.stats_interval_s
             if runner.status == _PROCESSING:
-                timeout = max(0.0, min(timeout, last_input + IDLE_S - time.monotonic()))
-            _ready, fds = self.plane.wait(list(open_ports.values()), fds=[sock_fd],
-                                          timeout=timeout)
+                timeout = max(0.0, min(timeout, last_input + IDLE_S - monotonic()))
+            _ready, fds = wait(readers, fds=sock_fds, timeout=timeout)
             if fds:
                 runner.check_control()
             for port, reader in list(open_ports.items()):
-                if self.take(port, reader):
-                    last_input = time.monotonic()
+                if take(port, reader):
+                    last_input = monotonic()
                 if reader.eos:
                     del open_ports[port]
+                    readers = list(open_ports.values())
                     self.deliver(node.end_of_stream(port))
-            runner.stats()
-            if runner.status == _PROCESSING and time.monotonic() - last_input >= IDLE_S:
+            now = monotonic()
+            if now - runner.last_stats >= runner.stats_interval_s:
+                runner.stats()
+            if runner.status == _PROCESSING and now - last_input >= IDLE_S:
                 runner.set_status(_READY)
 
     def take(self, port: str, reader: Any) -> int:
@@ -429,14 +434,17 @@ class NodeIO:
         timestamp. The batch is bounded: under a stream that never pauses the loop must still
         come round to the control socket (stop) and to stats().
         """
-        from nodehost.data import inherited_origin
-
         runner = self.runner
         process = runner.node.process
         receive = reader.receive
         clock = time.monotonic_ns
         direct = self.send_direct
+        data_type = self.data_type
+        inherited = self.inherited_origin
         ages, processing, mask = runner.input_age_ns, runner.processing_ns, Samples.MASK
+        age_values, processing_values = ages.values, processing.values
+        if runner.first_output_ts is None:
+            direct = None  # count_output() records the first output's time
         taken = 0
         try:
             while taken < BATCH and (data := receive()) is not None:
@@ -445,24 +453,24 @@ class NodeIO:
                 if runner.status != _PROCESSING:
                     runner.set_status(_PROCESSING)
                 started = clock()
-                inherited_origin.ns = origin = data.origin_ns
-                ages.values[ages.count & mask] = started - origin
+                inherited.ns = origin = data.origin_ns
+                age_values[ages.count & mask] = started - origin
                 ages.count += 1
                 result = process(data, port)
                 if result is not None:
-                    if direct is not None and type(result) is self.data_type:
+                    if direct is not None and type(result) is data_type:
                         direct(result)
-                        self.count_output()
+                        runner.sent += 1
                     else:
                         self.deliver(result)
                 took = clock() - started
-                processing.values[processing.count & mask] = took
+                processing_values[processing.count & mask] = took
                 processing.count += 1
                 runner.busy_ns += took
                 if started >= runner.next_stats_ns:  # a slow process() still reports
                     runner.stats()
         finally:
-            inherited_origin.ns = 0
+            inherited.ns = 0
         return taken
 
     def finish(self) -> None:

@@ -201,7 +201,7 @@ def test_a_consumer_that_does_not_read_blocks_send_then_everything_arrives(
             session.send("mic", RuntimeData.audio(chunk, sample_rate=RATE), timeout=1.0)
             accepted += 1
     assert isinstance(info.value, TimeoutError)
-    # bounded by the channels' depth: two hops of 16 messages plus what the nodes hold
+    # bounded by the channels' depth: two hops of DEPTH (32) messages plus what the nodes hold
     assert 16 <= accepted < 100, accepted
     reader, got = in_thread(read_all, session)
     for chunk in sent[accepted:]:
