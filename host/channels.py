@@ -624,6 +624,13 @@ class ChannelWriter:
                 waitset, guards = self._waitset
                 if self.on_blocked is not None:
                     remaining = min(remaining, self.blocked_tick_s)
+                # Before sleeping, tell upstream what this process has taken (a reader defers
+                # acks while it has more to take): a node blocked on its output must not hold
+                # back its input's writer, or a diamond whose merge waits on the other branch
+                # could wait forever.
+                for reader in plane.readers:
+                    if not reader.closed:
+                        reader._flush_ack()
                 ids, _result = waitset.wait_and_process_with_timeout(_duration(remaining))
                 self._ack_listener.try_wait()  # consume, or the WaitSet fires again at once
                 fds = guards[1:1 + len(plane._interrupt_fds)]
