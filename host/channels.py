@@ -460,6 +460,7 @@ class ChannelWriter:
         self.sent = 0
         self.blocked = 0          # sends (or loans) that had to wait for readers
         self.blocked_ns = 0
+        self.waited_ns = 0        # waiting for readers to connect, or to drain at the end
         self.unreached = 0        # messages sent while no reader was connected (drop mode)
         self.eos_sent = False
         self.drained = False
@@ -507,6 +508,7 @@ class ChannelWriter:
             publishers, subscribers = self.publisher_count, self.subscriber_count
         return {"channel": self.name, "sent": self.sent - self.eos_sent,
                 "unreached": self.unreached, "blocked_s": round(self.blocked_ns / 1e9, 6),
+                "waited_s": round(self.waited_ns / 1e9, 6),
                 "occupancy": occupancy if self.backpressure else None,
                 "in_flight": in_flight if self.backpressure else None,
                 "publishers": publishers, "subscribers": subscribers, "eos": self.eos_sent}
@@ -600,11 +602,15 @@ class ChannelWriter:
         self._reserved -= 1
         self._reserved_bytes -= nbytes
 
-    def _block(self, ready: Callable[[], bool], what: str, timeout: float | None) -> None:
-        """Sleep on the ack event (and interrupt fds) until ``ready()``; no polling."""
+    def _block(self, ready: Callable[[], bool], what: str, timeout: float | None,
+               backpressure: bool = True) -> None:
+        """Sleep on the ack event (and interrupt fds) until ``ready()``; no polling.
+        ``backpressure``: the wait counts as blocked (``blocked``, ``blocked_s``); waiting
+        for readers to connect or to drain the stream at its end is ``waited_s`` instead."""
         started = time.monotonic_ns()
         deadline = None if timeout is None else started + int(timeout * 1e9)
-        self.blocked += 1
+        if backpressure:
+            self.blocked += 1
         plane = self.plane
         try:
             while not ready():
@@ -640,7 +646,10 @@ class ChannelWriter:
                 if self.on_blocked is not None:
                     self.on_blocked()
         finally:
-            self.blocked_ns += time.monotonic_ns() - started
+            if backpressure:
+                self.blocked_ns += time.monotonic_ns() - started
+            else:
+                self.waited_ns += time.monotonic_ns() - started
             # An exception raised here keeps this frame in its traceback: drop the WaitSet
             # and its guards (which keep the ports, and with them the iceoryx2 node, alive)
             # so a caller that keeps the exception does not keep the channel's memory.
@@ -753,7 +762,7 @@ class ChannelWriter:
             self._refresh()
             return len(self._readers) >= count
         if not ready():
-            self._block(ready, f"{count} reader(s)", timeout)
+            self._block(ready, f"{count} reader(s)", timeout, backpressure=False)
 
     def close(self, drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT,
               eos: bool = True) -> bool:
@@ -773,7 +782,8 @@ class ChannelWriter:
                 return min(self._readers.values()) >= self.seq
             self.drained = drained()
             if not self.drained:
-                self._block(drained, "readers to drain the channel", drain_timeout)
+                self._block(drained, "readers to drain the channel", drain_timeout,
+                            backpressure=False)
                 self.drained = True
         except ChannelError:
             self.drained = False

@@ -75,6 +75,20 @@ def test_drop_mode_slow_reader_reports_drops_that_add_up(host: Host, tmp_out: Pa
     assert_states_follow_the_diagram(events, "src.out")
 
 
+def test_waiting_for_the_stream_to_drain_is_not_blocked_time(host: Host,
+                                                              tmp_out: Path) -> None:
+    """A source whose few messages all fit the channel is never held back: its wait for the
+    slow sink to take them at end of stream is not backpressure (graph, live view)."""
+    count, delay_ms = 8, 60.0
+    config = probe_chain(tmp_out / "sum.json", count=count, middle=[], name="drain")
+    config["nodes"][-1]["params"]["delay_ms"] = delay_ms
+    session, events = collect(host, config)
+    assert session.wait(TIMEOUT).ok
+    final = only_channel(stats_events(events)[-1], "src.out")
+    assert final["sent"] == count
+    assert final["blocked_s"] < 0.25 * count * delay_ms / 1000, final
+
+
 def test_blocked_writer_reports_blocked_time_and_occupancy(host: Host, tmp_out: Path) -> None:
     count, delay_ms, payload = 150, 8.0, 4096
     config = probe_chain(tmp_out / "sum.json", count=count, payload=payload, middle=[],
