@@ -205,7 +205,9 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
     session = host.start_session(config)
     session.wait()
     wall = time.monotonic() - wall_before
-    nodes_cpu = _children_cpu_s() - cpu_before
+    # exec'd nodes are the host's children; forked ones the zygote's, which reports theirs
+    nodes_cpu = _children_cpu_s() - cpu_before + sum(
+        child.proc.cpu_s or 0.0 for child in session._children.values())
     machine = [b - a for a, b in zip(machine_before, _machine_jiffies(), strict=True)]
     sums = [json.loads(o.read_text()) for o in outs]
     span = max(s["last_ts"] for s in sums) - min(s["first_ts"] for s in sums)

@@ -57,6 +57,8 @@ class NodeHandle(Protocol):
     stdout: IO[bytes]
     parent_pid: int  # the process the runner must find as its parent (launch.host_pid)
     lost: str | None  # set when the process ended with the zygote that forked it: why
+    cpu_s: float | None  # its CPU time once reaped, when the reaper was the zygote (an exec'd
+    #                      node's lands in the host's own RUSAGE_CHILDREN instead)
 
     def wait(self) -> int:
         """Block until the process has exited and been reaped; its Popen-style returncode."""
@@ -75,6 +77,7 @@ class ExecHandle:
         self.stdout: IO[bytes] = popen.stdout
         self.parent_pid = os.getpid()
         self.lost: str | None = None
+        self.cpu_s: float | None = None
         try:
             self.pidfd = os.pidfd_open(popen.pid)
         except BaseException:
@@ -121,11 +124,13 @@ class ForkedHandle:
         self.parent_pid = parent_pid
         self.returncode: int | None = None
         self.lost: str | None = None
+        self.cpu_s: float | None = None
         self._exited = threading.Event()
 
-    def _ended(self, code: int) -> None:
+    def _ended(self, code: int, cpu_s: float | None = None) -> None:
         if self.returncode is None:
             self.returncode = code
+            self.cpu_s = cpu_s
         self._exited.set()
 
     def wait(self) -> int:
@@ -162,7 +167,7 @@ class Zygote:
         self._ids = itertools.count(1)
         self._requests: dict[int, _Request] = {}
         self._children: dict[int, ForkedHandle] = {}
-        self._early_exits: dict[int, int] = {}  # exit reports that beat their fork reply
+        self._early_exits: dict[int, tuple[int, float]] = {}  # reports that beat the reply
         self._abandoned: set[int] = set()  # forked after fork() gave up waiting: killed
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -243,13 +248,14 @@ class Zygote:
                 request.done.set()
         elif kind == "exit":
             pid, code = int(message["pid"]), int(message["code"])
+            cpu_s = float(message.get("cpu_s", 0.0))
             with self._lock:
                 child = self._children.pop(pid, None)
                 if child is None and pid not in self._abandoned:
-                    self._early_exits[pid] = code
+                    self._early_exits[pid] = (code, cpu_s)
                 self._abandoned.discard(pid)
             if child is not None:
-                child._ended(code)
+                child._ended(code, cpu_s)
         return True
 
     def _end(self) -> None:
@@ -312,7 +318,7 @@ class Zygote:
             if early is None and self.alive:
                 self._children[pid] = handle
         if early is not None:
-            handle._ended(early)
+            handle._ended(*early)
         elif not self.alive:
             handle._ended(-signal.SIGKILL)
         return handle

@@ -16,7 +16,8 @@ Host ↔ zygote protocol (a ``SOCK_SEQPACKET`` socketpair, JSON messages, fds by
     zygote → host  forked {id, pid} + [pidfd]   the child runs; the pidfd is opened by its
                                                 parent, before any reap, so it is the child's
                    failed {id, error}
-                   exit {pid, code}             the child ended (code as Popen's returncode);
+                   exit {pid, code, cpu_s}      the child ended (code as Popen's returncode;
+                                                its CPU time, user + system, from wait4);
                                                 its process group was SIGKILLed before the
                                                 reap, as the host does for exec'd nodes
 
@@ -182,14 +183,15 @@ class _Zygote:
                 # goes too, as for an exec'd node (the host kills that group itself).
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
+                _, status, usage = os.wait4(pid, 0)
             except ChildProcessError:
                 self.children.pop(pid, None)
                 continue
             self.children.pop(pid, None)
             with contextlib.suppress(OSError):  # the host is gone: the reap still mattered
                 _send(self.sock, {"t": "exit", "pid": pid,
-                                  "code": os.waitstatus_to_exitcode(status)})
+                                  "code": os.waitstatus_to_exitcode(status),
+                                  "cpu_s": usage.ru_utime + usage.ru_stime})
 
     def shut_down(self) -> None:
         """The host is gone: end every node still here, with whatever it forked (not yet

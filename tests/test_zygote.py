@@ -230,3 +230,14 @@ def test_a_zygote_that_cannot_start_is_given_up_once(
             assert seen["ppid"] == os.getpid(), "exec'd when the zygote cannot start"
     given_up = [r for r in caplog.records if "exec'd from now on" in r.getMessage()]
     assert len(given_up) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_the_zygote_reports_each_nodes_cpu_time(host: Any, tmp_out: Path) -> None:
+    """An exec'd node's CPU time lands in the host's RUSAGE_CHILDREN; a forked node's in
+    the zygote's, which reports it with the exit code (the bench's CPU figures use it)."""
+    config = long_chain(tmp_out / "cpu.json")
+    config["nodes"][0]["params"].update(count=300, interval_ms=0)
+    session = host.start_session(config)
+    assert session.wait(60).ok
+    cpu = {node_id: child.proc.cpu_s for node_id, child in session._children.items()}
+    assert all(c is not None and 0.01 < c < 60 for c in cpu.values()), cpu
