@@ -11,6 +11,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -224,6 +226,7 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
     for t in threads:
         t.join()
     threads_rate = 2 * count / (time.perf_counter() - t0)
+    processes_rate = _bare_processes_rate(count, iterations)
     # Where the two cores went while the session ran (its whole life, start-up included):
     # busy and steal are cores' worth of /proc/stat time, session_cores the node processes'
     # own CPU — so busy − session_cores is what other processes on the machine took.
@@ -234,11 +237,34 @@ def parallel_branches(host: Host, tmp: Path, count: int = 200,
             "nodes_msgs_per_s": round(nodes_rate, 1),
             "threads_msgs_per_s": round(threads_rate, 1),
             "speedup": round(nodes_rate / threads_rate, 2),
+            # the machine's own ceiling: the same work in 2 bare processes, no nodehost
+            "processes_msgs_per_s": round(processes_rate, 1) if processes_rate else None,
+            "processes_speedup": round(processes_rate / threads_rate, 2)
+            if processes_rate else None,
             "work_cpu_s": round(2 * count * work_ms / 1000, 2),
             "nodes_cpu_s": round(nodes_cpu, 2), "session_wall_s": round(wall, 2),
             "machine_busy_cores": round(busy_cores, 2),
             "session_cores": round(nodes_cpu / wall, 2),
             "steal_cores": round(cpus * machine[7] / total, 2) if len(machine) > 7 else None}
+
+
+def _bare_processes_rate(count: int, iterations: int) -> float | None:
+    """msgs/s of the branches' work in two plain processes (``python -c``, no nodehost
+    session), timed inside them from the first start to the last end, interpreter start-up
+    excluded; None if they failed."""
+    code = ("import sys, time; from nodehost.bench_runtime import spin; "
+            f"t = time.monotonic(); [spin({iterations}) for _ in range({count})]; "
+            "print(t, time.monotonic())")
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    spans = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=600)
+        if worker.returncode != 0:
+            return None
+        started, ended = (float(v) for v in out.split())
+        spans.append((started, ended))
+    return 2 * count / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def _children_cpu_s() -> float:
