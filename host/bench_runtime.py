@@ -252,7 +252,7 @@ def _bare_processes_rate(count: int, iterations: int) -> float | None:
     """msgs/s of the branches' work in two plain processes (``python -c``, no nodehost
     session), timed inside them from the first start to the last end, interpreter start-up
     excluded; None if they failed."""
-    code = ("import sys, time; from nodehost.bench_runtime import spin; "
+    code = ("import time; from nodehost.bench_runtime import spin; "
             f"t = time.monotonic(); [spin({iterations}) for _ in range({count})]; "
             "print(t, time.monotonic())")
     workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,

@@ -60,8 +60,8 @@ LOANS = 2                # samples a writer may have loaned (being filled) at on
 MAX_READERS = MAX_FAN_OUT  # upper bound of subscribers of one channel
 DEFAULT_READERS = 4      # max_subscribers of a channel a reader creates without being told
 MAX_NODES = MAX_READERS + 4
-_MAX_HEADER_VIEWS = 4096  # cached views per writer: > the slots of a data segment (readers ×
-#                           (DEPTH + BORROW) + LOANS); loan arrays: per slot and shape
+_MAX_CACHED_VIEWS = 4096  # per writer, header views and loan arrays: > the slots of a data
+#                           segment (readers × (DEPTH + BORROW) + LOANS), per shape
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
 EVENT_DATA = 0           # N/wake: a message was sent
@@ -662,7 +662,7 @@ class ChannelWriter:
         key = (ptr, dtype, shape)
         base = self._loan_arrays.get(key)
         if base is None:
-            if len(self._loan_arrays) >= _MAX_HEADER_VIEWS:
+            if len(self._loan_arrays) >= _MAX_CACHED_VIEWS:
                 self._loan_arrays.clear()
             base = self._loan_arrays[key] = np.asarray(_Writable(ptr, dtype, shape))
         return base.view()
@@ -671,7 +671,7 @@ class ChannelWriter:
         """The writable header bytes of the loaned sample at ``ptr`` (see __init__)."""
         view = self._header_views.get(ptr)
         if view is None:
-            if len(self._header_views) >= _MAX_HEADER_VIEWS:
+            if len(self._header_views) >= _MAX_CACHED_VIEWS:
                 self._header_views.clear()
             view = self._header_views[ptr] = memoryview(
                 (ctypes.c_ubyte * wire.HEADER_SIZE).from_address(ptr)).cast("B")
@@ -681,8 +681,7 @@ class ChannelWriter:
                      fields: tuple[Any, ...], origin_ns: int = 0) -> None:
         """Stamp the header into a loaned sample and publish it (the reservation becomes an
         in-flight message)."""
-        self._reserved -= 1
-        self._reserved_bytes -= nbytes
+        self._unreserve(nbytes)
         seq = self.seq + 1
         inflight = self._inflight
         flags = 0
@@ -895,8 +894,7 @@ class ChannelReader:
             return None
         sample = self._sub.receive()
         if sample is None:
-            if self._ack_pending:
-                self._send_ack()
+            self._flush_ack()
             return None
         ptr = sample.payload_ptr
         available = sample.header.number_of_elements - wire.HEADER_SIZE

@@ -418,10 +418,8 @@ class NodeIO:
                     del open_ports[port]
                     readers = list(open_ports.values())
                     self.deliver(node.end_of_stream(port))
-            now = monotonic()
-            if now - runner.last_stats >= runner.stats_interval_s:
-                runner.stats()
-            if runner.status == _PROCESSING and now - last_input >= IDLE_S:
+            runner.stats()  # when due
+            if runner.status == _PROCESSING and monotonic() - last_input >= IDLE_S:
                 runner.set_status(_READY)
 
     def take(self, port: str, reader: Any) -> int:
@@ -443,8 +441,6 @@ class NodeIO:
         inherited = self.inherited_origin
         ages, processing, mask = runner.input_age_ns, runner.processing_ns, Samples.MASK
         age_values, processing_values = ages.values, processing.values
-        if runner.first_output_ts is None:
-            direct = None  # count_output() records the first output's time
         taken = 0
         try:
             while taken < BATCH and (data := receive()) is not None:
@@ -460,7 +456,7 @@ class NodeIO:
                 if result is not None:
                     if direct is not None and type(result) is data_type:
                         direct(result)
-                        runner.sent += 1
+                        self.count_output()
                     else:
                         self.deliver(result)
                 took = clock() - started

@@ -80,9 +80,8 @@ class SessionResult:
 class _Child:
     launch: NodeLaunch
     process: NodeProcess
-    proc: NodeHandle
+    proc: NodeHandle  # its pid, pidfd, output pipe, exit code
     sock: socket.socket
-    pidfd: int
     tmp_dir: str
     output: NodeOutput
     done: bool = False
@@ -105,13 +104,6 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with code {returncode}"
-
-
-def _kill_group(child: _Child) -> None:
-    """SIGKILL what the node forked (its process group, which it leads): a session owns
-    those processes too, and they have no parent-death signal. Only while the node is not
-    yet reaped, so its pid, the group's id, cannot belong to anyone else."""
-    child.proc.kill_group()
 
 
 def _close_fds(*fds: int) -> None:
@@ -380,7 +372,7 @@ class Session(SessionIO):
                               session_id=self.id,
                               input_channels=[p.channel for p in launch.inputs],
                               output_channels=[p.channel for p in launch.outputs])
-        child = _Child(launch, process, handle, host_end, handle.pidfd, tmp_dir,
+        child = _Child(launch, process, handle, host_end, tmp_dir,
                        NodeOutput(launch.node_id, self.host.log_dir))
         with self._lock:
             self._map.add_process(process)
@@ -420,7 +412,7 @@ class Session(SessionIO):
         sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         for child in self._children.values():
             sel.register(child.sock, selectors.EVENT_READ, ("control", child))
-            sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+            sel.register(child.proc.pidfd, selectors.EVENT_READ, ("exit", child))
             assert child.proc.stdout is not None
             os.set_blocking(child.proc.stdout.fileno(), False)
             sel.register(child.proc.stdout, selectors.EVENT_READ, ("output", child))
@@ -449,7 +441,7 @@ class Session(SessionIO):
                 elif kind == "output":
                     self._on_output(sel, child)
                 elif kind == "exit":
-                    sel.unregister(child.pidfd)
+                    sel.unregister(child.proc.pidfd)
                     self._on_exit(sel, child)
             now = time.monotonic()
             if now >= next_stats:
@@ -579,11 +571,13 @@ class Session(SessionIO):
         return "\n".join(child.output.last_lines(lines))
 
     def _on_exit(self, sel: selectors.BaseSelector, child: _Child) -> None:
-        _kill_group(child)  # before the reap: the node's pid (= its group id) is still ours
+        # What the node forked (its process group) is the session's too, and has no
+        # parent-death signal: killed before the reap, while the group's id is still ours.
+        child.proc.kill_group()
         returncode = child.proc.wait()
         child.exited = True
         child.process.exit_code = returncode
-        os.close(child.pidfd)
+        os.close(child.proc.pidfd)
         # Drain what the node said before dying: its error report explains the exit.
         with contextlib.suppress(KeyError, ValueError):
             while sel.get_key(child.sock) is not None:
@@ -657,7 +651,7 @@ class Session(SessionIO):
             protocol.send(child.sock, Kind.STOP)
             if deaf:
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
+                    signal.pidfd_send_signal(child.proc.pidfd, signal.SIGTERM)
 
     def _overran_grace(self) -> None:
         grace = self.pipeline.config.stop_grace_s
@@ -671,7 +665,7 @@ class Session(SessionIO):
         for child in self._children.values():
             if not child.exited:
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    signal.pidfd_send_signal(child.pidfd, sig)
+                    signal.pidfd_send_signal(child.proc.pidfd, sig)
 
     def _kill_all(self) -> None:
         self._signal_all(signal.SIGKILL)
@@ -680,12 +674,12 @@ class Session(SessionIO):
         for child in self._children.values():
             if not child.exited:
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
-                _kill_group(child)
+                    signal.pidfd_send_signal(child.proc.pidfd, signal.SIGKILL)
+                child.proc.kill_group()
                 child.proc.wait()
                 child.exited = True
                 with contextlib.suppress(OSError):
-                    os.close(child.pidfd)
+                    os.close(child.proc.pidfd)
         with self._lock:
             self._map.close_all()  # teardown: whatever is left is force-closed
 
@@ -768,8 +762,8 @@ class Host:
                  ) -> ValidatedPipeline:
         return validate_pipeline(load_config(config), self.registry.node_types)
 
-    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig, *,
-                      session_id: str | None = None) -> Session:
+    def start_session(self, config: str | Path | Mapping[str, Any] | PipelineConfig
+                      ) -> Session:
         """Validate ``config``, start its session and return it once every node process is
         spawned. Raises HostClosed after ``close()`` or ``cancel()``."""
         self._check_open()

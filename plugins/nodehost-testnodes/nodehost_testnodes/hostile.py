@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 
 from pydantic import BaseModel
@@ -94,7 +95,7 @@ def _describe() -> dict[str, object]:
     return {"pid": os.getpid(), "no_new_privs": no_new_privs, "ppid": os.getppid(),
             "pgid": os.getpgid(0), "cwd": os.getcwd(), "sys_path0": sys.path[0],
             "env": dict(os.environ), "fds": fds, "random": float(np.random.random()),
-            "tempdir": __import__("tempfile").gettempdir()}
+            "tempdir": tempfile.gettempdir()}
 
 
 class HostileParams(BaseModel):
