@@ -54,8 +54,9 @@ if TYPE_CHECKING:
     from nodehost.manifest import NodeManifest
 
 __all__ = ["Emitted", "NodeHarness", "Run", "as_list", "audio_chunks", "chain",
-           "child_processes", "host", "joined", "leaked_shm_files", "load_manifest",
-           "make_node", "run", "shm_files", "sine", "sink", "source", "tmp_out"]
+           "child_processes", "host", "is_resource_tracker", "joined", "leaked_shm_files",
+           "load_manifest", "make_node", "run", "shm_files", "sine", "sink", "source",
+           "tmp_out"]
 
 
 # --------------------------------------------------------------------------- in-process
@@ -217,7 +218,7 @@ def _foreign_nodes() -> bool:
     return False
 
 
-def _resource_tracker(proc: psutil.Process) -> bool:
+def is_resource_tracker(proc: psutil.Process) -> bool:
     """multiprocessing's resource tracker: started by a test's first "spawn" child and kept,
     by design, for the life of the test process."""
     try:
@@ -232,7 +233,7 @@ def child_processes() -> list[psutil.Process]:
     for proc in psutil.Process().children(recursive=True):
         try:
             if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and \
-                    not _resource_tracker(proc):
+                    not is_resource_tracker(proc):
                 out.append(proc)
         except psutil.Error:
             continue

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from nodehost.session import Session, SessionResult
+from nodehost.testing import is_resource_tracker
 
 T = TypeVar("T")
 
@@ -212,7 +213,14 @@ def own_tree() -> set[int]:
 
 
 def live_descendants() -> set[int]:
-    return {p for p in own_tree() - {os.getpid()} if alive(p)}
+    """Live processes under this one, multiprocessing's resource tracker excepted (kept by
+    design for the test process's life, as ``nodehost.testing.child_processes`` says)."""
+    out = set()
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process().children(recursive=True):
+            if alive(proc.pid) and not is_resource_tracker(proc):
+                out.add(proc.pid)
+    return out
 
 
 # ------------------------------------------------------------------------------ shared memory
